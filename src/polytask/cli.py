@@ -1,0 +1,154 @@
+"""Command line: ``polytask train | evaluate | predict | check``. Each verb is a thin wrapper."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from polytask.errors import PolytaskError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Multi-task learning with pretrained language models.")
+
+OVERRIDES = typer.Argument(None, help="Config overrides like train.max_steps=100 tasks.sst2.data.max_train=500")
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+) -> None:
+    """Train one multi-task model on every task in CONFIG; writes a run folder."""
+    from polytask.train import train as run_train
+
+    try:
+        run_dir = run_train(config, overrides or [], progress=progress)
+    except PolytaskError as exc:
+        _fail(exc)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    typer.echo(format_summary(summary))
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder written by 'polytask train'"),
+    split: str = typer.Option("dev", help="dev or test"),
+    overrides: Optional[list[str]] = OVERRIDES,
+) -> None:
+    """Evaluate a trained run on its configured dev or test data (e.g. data_dir=... to move it)."""
+    from polytask.evaluate import evaluate as run_eval, macro_score
+    from polytask.config import apply_override, from_dict
+    from polytask.dataset import encode_all, prepare
+    from polytask.predict import Predictor
+
+    try:
+        pred = Predictor.load(run_dir)
+        import dataclasses
+
+        raw = dataclasses.asdict(pred.cfg)
+        for item in overrides or []:
+            apply_override(raw, item)
+        cfg = from_dict(raw)
+        data = prepare(cfg, splits=("train", split))
+        for name, td in data.items():  # the saved vocabularies, not ones refit on today's files
+            td.task = pred.tasks[name]
+            td.examples.pop("train", None)
+        encode_all(data, pred.tokenizer, cfg.model.max_length)
+        results = run_eval(pred.model, data, split, pred.tokenizer.pad_token_id or 0, cfg.train.eval_batch_size)
+    except PolytaskError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"split": split, "metrics": results, "macro": macro_score(results, pred.tasks)}, indent=2))
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run folder written by 'polytask train'"),
+    task: Optional[str] = typer.Option(None, help="Task to predict (default: every task)"),
+    text: Optional[list[str]] = typer.Option(None, help="Input text (repeatable)"),
+    input: Optional[Path] = typer.Option(None, "--input", help="JSONL or CSV/TSV file of inputs"),
+    output: Optional[Path] = typer.Option(None, help="Write JSONL here instead of stdout"),
+) -> None:
+    """Predict with a trained run, for one task or all tasks, from --text or an --input file."""
+    from polytask.predict import Predictor
+
+    try:
+        inputs = read_inputs(text, input)
+        pred = Predictor.load(run_dir)
+        names = [task] if task else list(pred.tasks)
+        results = {name: pred.predict(name, inputs) for name in names}
+    except PolytaskError as exc:
+        _fail(exc)
+    out = open(output, "w") if output else sys.stdout
+    for i, item in enumerate(inputs):
+        row = {"input": item, **{name: results[name][i] for name in names}}
+        out.write(json.dumps(row) + "\n")
+    if output:
+        out.close()
+        typer.echo(f"wrote {len(inputs)} predictions to {output}")
+
+
+@app.command()
+def check(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[list[str]] = OVERRIDES,
+) -> None:
+    """Validate CONFIG and all of its data without training; report every problem at once."""
+    from polytask.config import load_config
+    from polytask.dataset import prepare
+    from polytask.backbones.encoder import resolve_backbone
+
+    try:
+        cfg = load_config(config, overrides or [])
+        resolve_backbone(cfg.model.backbone)
+        data = prepare(cfg)
+    except PolytaskError as exc:
+        _fail(exc)
+    for name, td in data.items():
+        counts = ", ".join(f"{s}={len(v)}" for s, v in td.examples.items())
+        vocab = td.task.vocab_state()
+        extra = f", {len(vocab['labels'])} labels" if "labels" in vocab else ""
+        typer.echo(f"{name} ({td.task.type_name}): {counts}{extra}, main metric {td.task.main_metric}")
+    typer.echo("config and data OK")
+
+
+def read_inputs(text: list[str] | None, path: Path | None) -> list:
+    if text:
+        return list(text)
+    if path is None:
+        raise PolytaskError("give --text or --input")
+    from polytask.data.records import read_records
+    from polytask.errors import DataError
+
+    records, problems = read_records(path)
+    if problems:
+        raise DataError(problems)
+    return [r.fields for r in records]
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"best step {summary['best_step']} ({summary['train_seconds']:.0f}s training)"]
+    for split in ("dev", "test"):
+        if split not in summary:
+            continue
+        lines.append(f"{split}:")
+        for task, metrics in summary[split].items():
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            lines.append(f"  {task:<14} {shown}")
+        lines.append(f"  {'macro':<14} {summary[f'{split}_macro']:.4f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,290 @@
+"""Typed configuration: YAML -> dataclasses, ``a.b=c`` overrides, errors that name the key path.
+
+The schema is the dataclasses below; their docstrings and field comments are the reference
+(README's "Configuration" section shows a worked example). Loading is strict: an unknown key,
+a wrong type or a missing required key is a :class:`ConfigError` naming the dotted path, e.g.
+``tasks[1].data.trian: unknown key (known: train, dev, test, ...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from polytask.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class DataConfig:
+    """Where a task's examples come from. Relative paths are resolved against ``data_dir``."""
+
+    format: str | None = None  # jsonl | csv | tsv | conll | hf | synthetic (None: from extension)
+    train: str | None = None  # file path, or split name for hf/synthetic
+    dev: str | None = None
+    test: str | None = None
+    dataset: str | None = None  # hf: datasets name ("glue", "json", ...); synthetic: demo task name
+    hf_config: str | None = None
+    max_train: int | None = None  # keep the first N training examples
+    max_eval: int | None = None  # keep the first N dev/test examples
+    delimiter: str | None = None  # CSV/TSV override
+    tag_column: int = -1  # CoNLL: which column holds the tag
+    encoding: str = "utf-8"
+
+
+@dataclass
+class TaskConfig:
+    """One task: its type, data, the fields it reads, and how it is scored."""
+
+    name: str
+    type: str  # classification | multilabel | regression | tagging
+    data: DataConfig = field(default_factory=DataConfig)
+    # task field -> column in the data: text, text_pair, label (classification/multilabel),
+    # target (regression), tokens / tags (tagging). Unlisted fields use their own name.
+    columns: dict[str, str] = field(default_factory=dict)
+    labels: list[str] | None = None  # fix the label set/order (default: from training data)
+    pooling: Literal["cls", "mean"] = "cls"
+    main_metric: str | None = None  # default per type: accuracy, micro_f1, pearson, f1
+    head_dropout: float = 0.1
+    label_separator: str = ","  # multilabel: labels in one string are split on this
+
+
+@dataclass
+class ModelConfig:
+    """The shared backbone: a hub name, a local folder, or ``minilm`` (the packaged MiniLM)."""
+
+    backbone: str = "minilm"
+    max_length: int = 128  # truncation only; batches are padded to their own longest example
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclass
+class ComponentConfig:
+    """A registered component chosen by name, with its ``__init__`` arguments."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. Steps are optimizer steps (each ``grad_accum`` micro-batches)."""
+
+    max_steps: int = 300
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    head_lr: float | None = None  # default: same as lr
+    weighting_lr: float = 0.01  # for methods with learnable parameters (uncertainty, GradNorm)
+    weight_decay: float = 0.01  # applied to weight matrices only (no biases, no LayerNorm)
+    warmup_ratio: float = 0.1
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    eval_every: int = 100
+    early_stopping: int | None = None  # stop after N evaluations without improvement
+    log_every: int = 10
+    # where gradient-based weighting methods take task gradients:
+    # representation | last_layers | shared (all shared parameters: T x P memory)
+    grad_space: Literal["representation", "last_layers", "shared"] = "representation"
+    grad_layers: int = 1  # for last_layers
+    length_grouping: bool = True
+    num_threads: int | None = None  # torch CPU threads (default: torch's choice)
+
+
+@dataclass
+class Config:
+    """A whole run. ``data_dir`` anchors relative data paths; ``output_dir/name`` is the run."""
+
+    tasks: list[TaskConfig]
+    name: str = "run"
+    output_dir: str = "runs"
+    data_dir: str = "."
+    seed: int = 13
+    model: ModelConfig = field(default_factory=ModelConfig)
+    architecture: ComponentConfig = field(default_factory=lambda: ComponentConfig("hard"))
+    weighting: ComponentConfig = field(default_factory=lambda: ComponentConfig("equal"))
+    sampling: ComponentConfig = field(default_factory=lambda: ComponentConfig("proportional"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file, apply ``key.sub=value`` overrides, and build a validated Config."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return from_dict(raw, source=str(path))
+
+
+def from_dict(raw: dict, source: str = "<config>") -> Config:
+    cfg = _build(Config, raw, "")
+    validate(cfg, source)
+    return cfg
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain-data form (for saving the resolved config next to the weights)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply ``a.b.c=value`` to the raw mapping. ``tasks.NAME.x`` or ``tasks.0.x`` address a task.
+
+    The value is parsed as YAML (``3``, ``1e-4``, ``true``, ``[a, b]``, ``{k: v}``).
+    """
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    value = yaml.safe_load(text) if text.strip() else None
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: i + 1]))
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override path '{path}' goes through a non-mapping value")
+    return node.setdefault(part, {})
+
+
+def _list_index(items: list, part: str, path: str) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    for i, item in enumerate(items):  # address list items by their name (tasks.sst2.x)
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    raise ConfigError(f"override path '{path}': no list item '{part}'")
+
+
+def _build(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against type ``tp`` recursively; build dataclasses."""
+    where = path or "<top>"
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = [k for k in value if k not in fields]
+        if unknown:
+            known = ", ".join(fields)
+            raise ConfigError(f"{_join(path, unknown[0])}: unknown key (known: {known})")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _build(hints[name], value[name], _join(path, name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{_join(path, name)}: required key is missing")
+        return tp(**kwargs)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _build(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {_show(value)} fits none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {_show(value)} is not one of {list(choices)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_build(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
+        key_tp, val_tp = typing.get_args(tp)
+        return {_build(key_tp, k, path): _build(val_tp, v, _join(path, str(k))) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "5e-5" as a string; accept it as the number it obviously is
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {_show(value)}")
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {_show(value)}")
+    return value
+
+
+def validate(cfg: Config, source: str) -> None:
+    """Checks across fields that types alone cannot express."""
+    if not cfg.tasks:
+        raise ConfigError(f"{source}: tasks: at least one task is required")
+    seen: set[str] = set()
+    for i, task in enumerate(cfg.tasks):
+        if task.name in seen:
+            raise ConfigError(f"{source}: tasks[{i}].name: duplicate task name '{task.name}'")
+        seen.add(task.name)
+    positive = {
+        "train.max_steps": cfg.train.max_steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+        "train.grad_accum": cfg.train.grad_accum,
+        "train.eval_every": cfg.train.eval_every,
+        "model.max_length": cfg.model.max_length,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: {key}: must be positive, got {value}")
+    if not 0 <= cfg.train.warmup_ratio < 1:
+        raise ConfigError(f"{source}: train.warmup_ratio: must be in [0, 1)")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"

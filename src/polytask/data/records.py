@@ -1,0 +1,68 @@
+"""The one shape every reader returns, and :func:`read_records`, which picks the reader.
+
+Readers never raise on bad content: they return ``(records, problems)`` so that a caller can
+check every file of every task first and report all problems together in one
+:class:`~polytask.errors.DataError`, instead of failing on the first bad line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polytask.errors import DataProblem
+
+FORMATS = ("jsonl", "csv", "tsv", "conll", "hf")
+EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
+              ".conll": "conll", ".txt": "conll", ".iob": "conll"}
+
+
+@dataclass
+class Record:
+    """One example as read, before any task validates it.
+
+    ``file`` and ``line`` travel with the example so that a task rejecting a field later can
+    still say exactly where the bad value is.
+    """
+
+    fields: dict[str, Any]
+    file: str
+    line: int
+
+
+def infer_format(path: str | Path) -> str | None:
+    """Format from the file extension (``.json`` is read as JSON Lines too), or ``None``."""
+    return EXTENSIONS.get(Path(path).suffix.lower())
+
+
+def read_records(path: str | Path, fmt: str | None = None, *, max_examples: int | None = None,
+                 delimiter: str | None = None, tag_column: int = -1, encoding: str = "utf-8",
+                 split: str = "train", config_name: str | None = None,
+                 data_files: Any = None) -> tuple[list[Record], list[DataProblem]]:
+    """Read one file (or, with ``fmt="hf"``, one Hugging Face dataset split named by ``path``).
+
+    ``max_examples`` keeps the first N valid records and stops reading there.
+    """
+    # Imported here: each reader imports Record from this module.
+    from polytask.data.conll import read_conll
+    from polytask.data.delimited import read_delimited
+    from polytask.data.hf import read_hf
+    from polytask.data.jsonl import read_jsonl
+
+    fmt = fmt.lower() if fmt else infer_format(path)
+    if fmt == "hf":
+        return read_hf(str(path), split, config_name=config_name, data_files=data_files,
+                       max_examples=max_examples)
+    if fmt == "jsonl":
+        return read_jsonl(path, max_examples=max_examples, encoding=encoding)
+    if fmt in ("csv", "tsv"):
+        return read_delimited(path, fmt, max_examples=max_examples, delimiter=delimiter,
+                              encoding=encoding)
+    if fmt == "conll":
+        return read_conll(path, max_examples=max_examples, tag_column=tag_column,
+                          encoding=encoding)
+    known = ", ".join(FORMATS)
+    suffix = Path(path).suffix
+    what = f"unknown format '{fmt}'" if fmt else f"cannot tell the format from '{suffix}'"
+    return [], [DataProblem(str(path), None, None, f"{what}; use one of: {known}")]

@@ -1,0 +1,104 @@
+"""From a Config to tokenized, validated per-task splits: every data problem found up front.
+
+``prepare`` reads every split of every task, validates each record with its task, fits the
+label vocabularies on train, checks dev/test against them, and raises one :class:`DataError`
+listing every problem (file, line, field) before any model is built. ``check`` runs the same
+path without a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from polytask.config import Config, TaskConfig
+from polytask.data.records import Record, read_records
+from polytask.errors import DataError, DataProblem
+from polytask.tasks import Example, Task, build_task
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class TaskData:
+    """One task's examples per split; ``features`` are filled by :func:`encode_all`."""
+
+    task: Task
+    examples: dict[str, list[Example]] = field(default_factory=dict)
+    features: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def resolve_path(cfg: Config, task: TaskConfig, split: str) -> str | None:
+    value = getattr(task.data, split)
+    if value is None or task.data.format in ("hf", "synthetic"):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(cfg.data_dir) / path)
+
+
+def read_split(cfg: Config, tc: TaskConfig, split: str) -> tuple[list[Record], list[DataProblem]]:
+    where = resolve_path(cfg, tc, split)
+    limit = tc.data.max_train if split == "train" else tc.data.max_eval
+    if tc.data.format == "synthetic":
+        from polytask.data.synthetic import synthetic_records
+
+        n = limit or {"train": 600, "dev": 200, "test": 200}[split]
+        return synthetic_records(tc.data.dataset or tc.name, split, n, seed=cfg.seed), []
+    if tc.data.format == "hf":
+        return read_records(
+            tc.data.dataset or "", "hf", split=where, config_name=tc.data.hf_config, max_examples=limit
+        )
+    if not Path(where).exists():
+        origin = f"tasks[{tc.name}].data.{split}"
+        hint = f" (relative to data_dir={cfg.data_dir!r})" if not Path(getattr(tc.data, split)).is_absolute() else ""
+        return [], [DataProblem(where, None, None, f"file not found, configured at {origin}{hint}")]
+    return read_records(
+        where, tc.data.format, max_examples=limit, delimiter=tc.data.delimiter,
+        tag_column=tc.data.tag_column, encoding=tc.data.encoding,
+    )
+
+
+def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData]:
+    """Read, validate and fit every task; raise DataError with every problem found."""
+    problems: list[DataProblem] = []
+    out: dict[str, TaskData] = {}
+    for tc in cfg.tasks:
+        task = build_task(tc)
+        data = TaskData(task)
+        for split in splits:
+            if getattr(tc.data, split) is None and not (tc.data.format == "synthetic"):
+                if split == "train":
+                    problems.append(DataProblem(f"<config tasks[{tc.name}]>", None, "data.train", "no training data configured"))
+                continue
+            records, found = read_split(cfg, tc, split)
+            problems += found
+            examples = []
+            for rec in records:
+                ex, bad = task.parse(rec)
+                problems += bad
+                if ex is not None:
+                    examples.append(ex)
+            data.examples[split] = examples
+        train = data.examples.get("train", [])
+        if "train" in splits and not train and not any(p.file.endswith(str(tc.data.train)) for p in problems):
+            problems.append(DataProblem(str(resolve_path(cfg, tc, "train")), None, None,
+                                        f"task '{tc.name}' has no training examples"))
+        if train:
+            task.fit(train)
+            for split in ("dev", "test"):
+                for ex in data.examples.get(split, []):
+                    msg = task.check_eval(ex)
+                    if msg:
+                        file, _, line = ex.source.rpartition(":")
+                        problems.append(DataProblem(file, int(line), task.column(task.target_field), msg))
+        out[tc.name] = data
+    if problems:
+        raise DataError(problems)
+    return out
+
+
+def encode_all(data: dict[str, TaskData], tokenizer, max_length: int) -> None:
+    """Tokenize every split of every task once, before training."""
+    for td in data.values():
+        for split, examples in td.examples.items():
+            td.features[split] = td.task.encode(examples, tokenizer, max_length) if examples else []

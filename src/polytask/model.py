@@ -1,0 +1,38 @@
+"""The multi-task model: an architecture (shared part) plus one head per task, keyed by name."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from polytask.architectures import Architecture, Features, build_architecture
+from polytask.backbones.layout import hidden_size
+from polytask.config import Config
+from polytask.tasks import Task
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, arch: Architecture, tasks: dict[str, Task]):
+        super().__init__()
+        self.arch = arch
+        size = hidden_size(arch.backbone)
+        self.heads = nn.ModuleDict({name: t.make_head(size) for name, t in tasks.items()})
+
+    def forward(self, batch: dict[str, Tensor], task: str) -> tuple[Tensor, Features]:
+        feats = self.arch(batch, task)
+        return self.heads[task](feats.hidden, feats.mask), feats
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.heads[task].parameters()) + self.arch.task_parameters(task)
+
+    def describe(self) -> dict[str, int]:
+        info = self.arch.describe()
+        for t, head in self.heads.items():
+            info[f"task:{t}"] = info.get(f"task:{t}", 0) + sum(p.numel() for p in head.parameters())
+        info["total"] += sum(p.numel() for p in self.heads.parameters())
+        info["trainable"] += sum(p.numel() for p in self.heads.parameters() if p.requires_grad)
+        return info
+
+
+def build_model(cfg: Config, backbone: nn.Module, tasks: dict[str, Task]) -> MultiTaskModel:
+    arch = build_architecture(cfg.architecture.name, backbone, list(tasks), cfg.architecture.args)
+    return MultiTaskModel(arch, tasks)

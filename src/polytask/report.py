@@ -1,0 +1,48 @@
+"""Plots of a run: per-task training loss, dev metric, and task weights over steps (PNG)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_training(log_path: Path, out_path: Path) -> Path:
+    """Loss per task (left), dev main metric per task (middle), task weights (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = read_log(log_path)
+    train = [e for e in events if e["kind"] == "train"]
+    evals = [e for e in events if e["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    _lines(axes[0], train, "loss", "training loss (running mean)")
+    _lines(axes[1], evals, "main", "dev main metric")
+    _lines(axes[2], train, "weights", "task weights")
+    if evals:
+        axes[1].plot([e["step"] for e in evals], [e["macro"] for e in evals], "k--", label="macro")
+        axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    tmp = out_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(out_path)
+    return out_path
+
+
+def _lines(ax, events: list[dict], key: str, title: str) -> None:
+    tasks = sorted({t for e in events for t in e.get(key, {})})
+    for t in tasks:
+        pts = [(e["step"], e[key][t]) for e in events if t in e.get(key, {})]
+        if pts:
+            ax.plot(*zip(*pts), label=t)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if tasks:
+        ax.legend(fontsize=8)

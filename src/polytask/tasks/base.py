@@ -1,0 +1,205 @@
+"""The Task interface: a task owns its data fields, label vocabulary, head, loss and metrics.
+
+A task knows nothing of other tasks, of the architecture, or of the weighting method. The life
+of an example: a reader yields a :class:`Record` (raw columns + file:line); ``parse`` validates
+it into an :class:`Example` (or reports :class:`DataProblem`s); ``fit`` builds the label
+vocabulary from training examples; ``encode`` tokenizes many examples into features;
+``collate`` pads a list of features into a batch of tensors (dynamic padding: to the longest
+in the batch, never to a fixed length); the head maps encoder states to outputs; ``loss`` and
+``decode`` read the head's output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from polytask.config import TaskConfig
+from polytask.data.records import Record
+from polytask.errors import DataProblem
+
+
+LOWER_IS_BETTER = frozenset({"mse", "loss"})
+
+
+@dataclass
+class Example:
+    """A validated example: the task's own field names, and where it came from."""
+
+    fields: dict[str, Any]
+    source: str  # "file:line", for error messages and prediction output
+
+
+class Pooler(nn.Module):
+    """Sentence vector from token states: the first token (``cls``) or the masked mean."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:  # (B, T, H), (B, T) -> (B, H)
+        if self.mode == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class SequenceHead(nn.Module):
+    """Pool -> dropout -> linear: the head of classification, multi-label and regression."""
+
+    def __init__(self, hidden_size: int, n_out: int, pooling: str, dropout: float):
+        super().__init__()
+        self.pool = Pooler(pooling)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, n_out)
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:  # -> (B, n_out)
+        return self.out(self.dropout(self.pool(hidden, mask)))
+
+
+class Task:
+    """Base class with the text-field handling shared by every task type."""
+
+    type_name: ClassVar[str]
+    default_metric: ClassVar[str]
+    text_fields: ClassVar[tuple[str, ...]] = ("text",)
+    optional_fields: ClassVar[tuple[str, ...]] = ("text_pair",)
+    target_field: ClassVar[str] = "label"
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.main_metric = cfg.main_metric or self.default_metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the main metric (errors such as MSE are lower-is-better)."""
+        return self.main_metric not in LOWER_IS_BETTER
+
+    # -- reading -----------------------------------------------------------------------------
+    def column(self, field: str) -> str:
+        return self.cfg.columns.get(field, field)
+
+    def parse(self, record: Record, with_target: bool = True) -> tuple[Example | None, list[DataProblem]]:
+        """Validate one record; returns the example or the problems found in it."""
+        problems: list[DataProblem] = []
+        fields: dict[str, Any] = {}
+        wanted = list(self.text_fields) + ([self.target_field] if with_target else [])
+        for f in wanted:
+            col = self.column(f)
+            if col not in record.fields:
+                avail = ", ".join(sorted(record.fields)) or "none"
+                problems.append(self._problem(record, col, f"missing column (available: {avail})"))
+                continue
+            value, msg = self.check_field(f, record.fields[col])
+            if msg:
+                problems.append(self._problem(record, col, msg))
+            fields[f] = value
+        for f in self.optional_fields:
+            col = self.column(f)
+            if col in record.fields or f in self.cfg.columns:
+                value, msg = self.check_field(f, record.fields.get(col))
+                if msg:
+                    problems.append(self._problem(record, col, msg))
+                fields[f] = value
+        if problems:
+            return None, problems
+        return Example(fields, f"{record.file}:{record.line}"), []
+
+    def check_field(self, field: str, value: Any) -> tuple[Any, str | None]:
+        """Normalise one field's value; return (value, problem message or None)."""
+        if field in self.text_fields or field in self.optional_fields:
+            if not isinstance(value, str):
+                return value, f"expected text, got {type(value).__name__} {value!r}"
+            if not value.strip():
+                return value, "empty text"
+            return value, None
+        return self.check_target(value)
+
+    def check_target(self, value: Any) -> tuple[Any, str | None]:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return value, "missing label"
+        if isinstance(value, (dict, list)):
+            return value, f"expected a single label, got {value!r}"
+        return str(value), None
+
+    def _problem(self, record: Record, field: str, msg: str) -> DataProblem:
+        return DataProblem(record.file, record.line, field, msg)
+
+    # -- vocabulary --------------------------------------------------------------------------
+    def fit(self, train: list[Example]) -> None:
+        """Build label vocabularies / target statistics from training examples."""
+
+    def check_eval(self, example: Example) -> str | None:
+        """A problem with a dev/test example relative to the fitted vocabulary, or None."""
+        return None
+
+    def vocab_state(self) -> dict:
+        return {}
+
+    def load_vocab_state(self, state: dict) -> None:
+        pass
+
+    # -- tensors -----------------------------------------------------------------------------
+    def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
+        """Tokenize examples (one tokenizer call for all) and attach their targets."""
+        texts = [e.fields["text"] for e in examples]
+        pairs = [e.fields.get("text_pair") for e in examples]
+        has_pair = any(p is not None for p in pairs)
+        enc = tokenizer(
+            texts, pairs if has_pair else None, truncation=True, max_length=max_length
+        )
+        feats = []
+        for i, ex in enumerate(examples):
+            feat = {k: enc[k][i] for k in ("input_ids", "token_type_ids") if k in enc}
+            if self.target_field in ex.fields:
+                feat["labels"] = self.encode_target(ex.fields[self.target_field])
+            feats.append(feat)
+        return feats
+
+    def encode_target(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def collate(self, feats: list[dict], pad_id: int) -> dict[str, Tensor]:
+        """Pad to the longest sequence in this batch."""
+        width = max(len(f["input_ids"]) for f in feats)
+        batch = {
+            "input_ids": _pad([f["input_ids"] for f in feats], width, pad_id),
+            "attention_mask": _pad([[1] * len(f["input_ids"]) for f in feats], width, 0),
+        }
+        if "token_type_ids" in feats[0]:
+            batch["token_type_ids"] = _pad([f["token_type_ids"] for f in feats], width, 0)
+        if "labels" in feats[0]:
+            batch["labels"] = self.collate_labels([f["labels"] for f in feats], width)
+        return batch
+
+    def collate_labels(self, labels: list, width: int) -> Tensor:
+        raise NotImplementedError
+
+    # -- model side --------------------------------------------------------------------------
+    def make_head(self, hidden_size: int) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, out: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, out: Tensor, batch: dict[str, Tensor]) -> list:
+        """User-facing predictions for a batch (labels as strings, scores as floats, tags)."""
+        raise NotImplementedError
+
+    def reference(self, example: Example) -> Any:
+        return example.fields[self.target_field]
+
+    def metrics(self, preds: list, refs: list) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def _pad(rows: list[list[int]], width: int, value: int) -> Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

@@ -1,0 +1,72 @@
+"""Single-label classification of one text or a text pair (SST-2, CoLA, MRPC, TREC).
+
+Head: pooled encoder state -> linear over the label set. Loss: cross-entropy.
+Metrics: accuracy, macro-F1, Matthews correlation; for two labels also the F1 of the positive
+class (the second label in sorted order, e.g. "1" or "positive"). Default main metric: accuracy
+(set ``main_metric: matthews`` for CoLA, ``f1`` for MRPC).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polytask import metrics as M
+from polytask.tasks.base import Example, SequenceHead, Task
+
+
+class ClassificationTask(Task):
+    type_name = "classification"
+    default_metric = "accuracy"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.labels: list[str] = list(cfg.labels) if cfg.labels else []
+
+    def fit(self, train: list[Example]) -> None:
+        if not self.cfg.labels:
+            self.labels = sorted({e.fields["label"] for e in train})
+
+    def check_eval(self, example: Example) -> str | None:
+        if example.fields["label"] not in self.labels:
+            return f"label {example.fields['label']!r} not seen in training (known: {self.labels})"
+        return None
+
+    def vocab_state(self) -> dict:
+        return {"labels": self.labels}
+
+    def load_vocab_state(self, state: dict) -> None:
+        self.labels = list(state["labels"])
+
+    def encode_target(self, value: Any) -> int:
+        return self.labels.index(value)
+
+    def collate_labels(self, labels: list, width: int) -> Tensor:
+        return torch.tensor(labels, dtype=torch.long)
+
+    def make_head(self, hidden_size: int) -> nn.Module:
+        return SequenceHead(hidden_size, len(self.labels), self.cfg.pooling, self.cfg.head_dropout)
+
+    def loss(self, out: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(out, batch["labels"])
+
+    def decode(self, out: Tensor, batch: dict[str, Tensor]) -> list[str]:
+        return [self.labels[i] for i in out.argmax(-1).tolist()]
+
+    def scores(self, out: Tensor) -> list[dict[str, float]]:
+        """Class probabilities per example, for ``predict --scores``."""
+        probs = out.softmax(-1).tolist()
+        return [dict(zip(self.labels, p)) for p in probs]
+
+    def metrics(self, preds: list, refs: list) -> dict[str, float]:
+        result = {
+            "accuracy": M.accuracy(refs, preds),
+            "macro_f1": M.macro_f1(refs, preds),
+            "matthews": M.matthews(refs, preds),
+        }
+        if len(self.labels) == 2:
+            result["f1"] = M.f1_binary(refs, preds, positive=self.labels[1])
+        return result

@@ -1,0 +1,128 @@
+"""Small helpers shared by the weighting methods (not part of the public API).
+
+Everything here works on the Gram matrix ``K = G G^T`` of the task gradients, in float64, so
+the methods stay readable: a method turns ``K`` into coefficients ``alpha`` (T,) and the trainer
+back-propagates ``sum_t alpha_t L_t``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: Relative threshold under which a squared gradient norm counts as zero.
+REL_EPS = 1e-12
+#: Absolute floor for divisions (norms, losses).
+ABS_EPS = 1e-20
+
+
+def check_gram(gram: Tensor | None, n: int, name: str) -> Tensor:
+    """Validate the Gram matrix and return it detached, symmetrised, in float64 (n, n)."""
+    if gram is None:
+        raise ValueError(f"weighting '{name}' needs the Gram matrix of the task gradients")
+    if gram.shape != (n, n):
+        raise ValueError(f"weighting '{name}': gram has shape {tuple(gram.shape)}, expected ({n}, {n})")
+    K = gram.detach().to(torch.float64)
+    K = 0.5 * (K + K.T)  # (T, T)
+    if not torch.isfinite(K).all():
+        raise ValueError(f"weighting '{name}': gram contains non-finite values")
+    return K
+
+
+def check_all_tasks(method, tasks: list[str]) -> None:
+    """Raise unless ``tasks`` is a permutation of ``method.tasks`` (for ``needs_all_tasks``)."""
+    if len(tasks) != len(method.tasks) or set(tasks) != set(method.tasks):
+        raise ValueError(
+            f"weighting '{type(method).__name__}' needs every task in every step; "
+            f"got {tasks}, expected {method.tasks}"
+        )
+
+
+def active_mask(K: Tensor) -> Tensor:
+    """(T,) bool: tasks whose gradient is not (numerically) zero."""
+    diag = K.diagonal().clamp(min=0.0)  # (T,)
+    scale = float(diag.max()) if diag.numel() else 0.0
+    return diag > max(REL_EPS * scale, ABS_EPS)
+
+
+def grad_norms(K: Tensor) -> Tensor:
+    """(T,) gradient norms ``sqrt(K_tt)``, clamped at zero."""
+    return K.diagonal().clamp(min=0.0).sqrt()
+
+
+def min_norm_2(k11: float, k12: float, k22: float) -> float:
+    """Weight ``gamma`` on g1 of the min-norm point ``gamma g1 + (1-gamma) g2``, gamma in [0, 1].
+
+    Closed form of Sener & Koltun (2018), Algorithm 1; equal gradients give 0.5.
+    """
+    denom = k11 + k22 - 2.0 * k12  # ||g1 - g2||^2
+    if denom <= REL_EPS * max(k11, k22, ABS_EPS):
+        return 0.5
+    return min(max((k22 - k12) / denom, 0.0), 1.0)
+
+
+def min_norm_simplex(K: Tensor, max_iter: int = 250, tol: float = 1e-7) -> Tensor:
+    """argmin over the simplex of ``a^T K a``: the min-norm point of the convex hull (T,).
+
+    Frank-Wolfe with exact line search, started from the best pair (Sener & Koltun 2018,
+    Algorithm 2). ``K`` (T, T) float64.
+    """
+    T = K.shape[0]
+    if T == 1:
+        return torch.ones(1, dtype=K.dtype, device=K.device)
+    # start from the best pairwise min-norm point
+    best, a = None, None
+    for i in range(T):
+        for j in range(i + 1, T):
+            g = min_norm_2(float(K[i, i]), float(K[i, j]), float(K[j, j]))
+            cost = g * g * K[i, i] + 2 * g * (1 - g) * K[i, j] + (1 - g) ** 2 * K[j, j]
+            if best is None or cost < best:
+                best = float(cost)
+                a = torch.zeros(T, dtype=K.dtype, device=K.device)
+                a[i], a[j] = g, 1.0 - g
+    for _ in range(max_iter):
+        Ka = K @ a  # (T,)
+        t = int(torch.argmin(Ka))
+        # line search between v = G^T a and g_t: min ||(1-gamma) v + gamma g_t||^2
+        gamma = 1.0 - min_norm_2(float(a @ Ka), float(Ka[t]), float(K[t, t]))
+        new = (1.0 - gamma) * a
+        new[t] += gamma
+        if (new - a).abs().sum() < tol:
+            a = new
+            break
+        a = new
+    return a
+
+
+def project_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection of ``v`` (T,) onto the probability simplex."""
+    u, _ = torch.sort(v, descending=True)
+    css = torch.cumsum(u, 0) - 1.0
+    k = torch.arange(1, v.numel() + 1, dtype=v.dtype, device=v.device)
+    rho = int(torch.nonzero(u - css / k > 0).max())
+    theta = css[rho] / (rho + 1)
+    return (v - theta).clamp(min=0.0)
+
+
+def psd_sqrt_factor(K: Tensor) -> Tensor:
+    """R (T, T) with ``R^T R = K`` (K clipped to its PSD part), via eigendecomposition."""
+    lam, V = torch.linalg.eigh(K)  # (T,), (T, T)
+    return lam.clamp(min=0.0).sqrt()[:, None] * V.T
+
+
+class SeededGenerator:
+    """Mixin for methods that draw random numbers: a method-owned ``torch.Generator``.
+
+    Seeded from the ``seed`` hyper-parameter; its state travels in ``state_dict`` (extra state),
+    so a resumed run draws the same numbers as an uninterrupted one.
+    """
+
+    def _init_generator(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].detach().cpu().to(torch.uint8))

@@ -1,0 +1,73 @@
+"""GradVac: gradient vaccine, aligning task gradients to adaptive similarity targets.
+
+Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and Improving Multi-task
+Optimization in Massively Multilingual Models", ICLR 2021.
+
+Keeps an EMA target ``phi_ij`` of the cosine similarity of every task pair (starting at 0). For
+each task i, ``g_i'`` starts at ``g_i``; for every other task j in a random order, with
+``cos = cos(g_i', g_j)``: if ``cos < phi_ij``,
+
+    g_i' <- g_i' + ||g_i'|| (phi_ij sqrt(1 - cos^2) - cos sqrt(1 - phi_ij^2))
+                   / (||g_j|| sqrt(1 - phi_ij^2)) * g_j
+
+which raises the cosine to exactly ``phi_ij``; then ``phi_ij <- (1 - beta) phi_ij + beta cos``.
+The direction is ``d = sum_i g_i'``, tracked as coefficients over the original gradients.
+With targets at 0 the first step is PCGrad. Pairs whose gradients already meet their target
+are left alone.
+
+Deviation from the paper: the paper applies the rule per parameter group (layer); here it acts
+on the whole gradient of the balance space, which is what the Gram matrix describes.
+
+Hyper-parameters:
+    beta: EMA rate of the targets (default 0.01, the paper's value).
+    seed: seed of the method-owned generator for the random orders (default 0).
+
+Limits: needs the gradients and every task every step. Cost O(T^3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from polytask.weighting._utils import SeededGenerator, active_mask, check_all_tasks, check_gram
+from polytask.weighting.base import Weighting
+
+
+class GradVac(SeededGenerator, Weighting):
+    needs_grads = True
+    needs_all_tasks = True
+
+    def __init__(self, tasks: list[str], *, beta: float = 0.01, seed: int = 0):
+        super().__init__(tasks)
+        self.beta = float(beta)
+        self._init_generator(seed)
+        T = len(tasks)
+        self.register_buffer("targets", torch.zeros(T, T, dtype=torch.float64))  # phi_ij
+
+    def combine(self, losses: Tensor, tasks: list[str], gram: Tensor | None = None):
+        check_all_tasks(self, tasks)
+        T = len(tasks)
+        K = check_gram(gram, T, "gradvac")  # (T, T)
+        pos = self.index(tasks).tolist()  # row/column of each task in self.targets
+        active = active_mask(K)  # (T,)
+        C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' over G
+        for i in range(T):
+            for j in torch.randperm(T, generator=self.generator).tolist():
+                if j == i or not active[j]:
+                    continue
+                sq = float(C[i] @ K @ C[i])
+                if sq <= 0.0 or not active[i]:
+                    continue
+                norm_i, norm_j = math.sqrt(sq), math.sqrt(float(K[j, j]))
+                cos = max(-1.0, min(1.0, float(C[i] @ K[:, j]) / (norm_i * norm_j)))
+                target = float(self.targets[pos[i], pos[j]])
+                if cos < target:
+                    s_t = math.sqrt(max(1.0 - target * target, 1e-12))
+                    s_c = math.sqrt(max(1.0 - cos * cos, 0.0))
+                    C[i, j] += norm_i * (target * s_c - cos * s_t) / (norm_j * s_t)
+                self.targets[pos[i], pos[j]] = (1 - self.beta) * target + self.beta * cos
+        alpha = C.sum(0).to(device=losses.device, dtype=losses.dtype)  # (T,)
+        return self.weighted_sum(losses, alpha), alpha

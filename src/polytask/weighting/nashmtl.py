@@ -1,0 +1,88 @@
+"""Nash-MTL: multi-task learning as a bargaining game.
+
+Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learning as a
+Bargaining Game", ICML 2022.
+
+The Nash bargaining solution is ``d = sum_t alpha_t g_t`` with ``alpha > 0`` solving
+
+    (K alpha)_t = 1 / alpha_t      for every task t.
+
+These are exactly the stationarity conditions of the strictly convex problem
+``min_{alpha > 0} 0.5 alpha^T K alpha - sum_t log alpha_t``, solved here with a damped Newton
+method (Hessian ``K + diag(1 / alpha^2)``, backtracking that keeps alpha positive) on K scaled to
+unit mean diagonal (alpha scales as ``1 / sqrt(scale)``); no cvxpy. A tiny ridge
+(``ridge * I`` on the scaled K) keeps the problem bounded when 0 is in the convex hull of the
+gradients. Tasks with a zero gradient get alpha 0 (no alpha can satisfy their equation).
+
+Deviation from the authors' code: no sequential convex approximation (the Newton solve is exact),
+no gradient clipping (``max_norm``; the trainer clips) and weights are recomputed every step.
+
+Hyper-parameters:
+    max_iter: Newton iterations (default 50); tol: stopping tolerance on the residual
+        (default 1e-10); ridge: regularisation of the scaled K (default 1e-8).
+
+Limits: needs the gradients and every task every step. Cost O(T^3) per Newton iteration.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from polytask.weighting._utils import active_mask, check_all_tasks, check_gram
+from polytask.weighting.base import Weighting
+
+
+def nash_weights(K: Tensor, max_iter: int = 50, tol: float = 1e-10, ridge: float = 1e-8) -> Tensor:
+    """Solve ``(K a) * a = 1``, ``a > 0`` for a (T, T) PSD ``K`` with positive diagonal."""
+    T = K.shape[0]
+    scale = float(K.diagonal().mean())
+    A = K / scale + ridge * torch.eye(T, dtype=K.dtype, device=K.device)  # (T, T)
+
+    def f(a: Tensor) -> float:
+        return float(0.5 * a @ A @ a - torch.log(a).sum())
+
+    ones = torch.ones(T, dtype=K.dtype, device=K.device)
+    a = ones * (T / float(ones @ A @ ones)) ** 0.5  # best multiple of 1
+    for _ in range(max_iter):
+        grad = A @ a - 1.0 / a  # (T,)
+        if float(grad.abs().max()) < tol:
+            break
+        H = A + torch.diag(1.0 / a**2)  # (T, T) positive definite
+        step = torch.linalg.solve(H, grad)  # (T,)
+        t, f0, slope = 1.0, f(a), float(grad @ step)
+        while True:  # backtracking: stay positive, decrease f (Armijo)
+            new = a - t * step
+            if bool((new > 0).all()) and f(new) <= f0 - 1e-4 * t * slope:
+                break
+            t *= 0.5
+            if t < 1e-12:
+                new = a
+                break
+        if torch.equal(new, a):
+            break
+        a = new
+    return a / scale**0.5
+
+
+class NashMTL(Weighting):
+    needs_grads = True
+    needs_all_tasks = True
+
+    def __init__(
+        self, tasks: list[str], *, max_iter: int = 50, tol: float = 1e-10, ridge: float = 1e-8
+    ):
+        super().__init__(tasks)
+        self.max_iter, self.tol, self.ridge = int(max_iter), float(tol), float(ridge)
+
+    def combine(self, losses: Tensor, tasks: list[str], gram: Tensor | None = None):
+        check_all_tasks(self, tasks)
+        T = len(tasks)
+        K = check_gram(gram, T, "nashmtl")  # (T, T)
+        active = active_mask(K)
+        alpha = torch.zeros(T, dtype=K.dtype, device=K.device)
+        if active.any():
+            on = active.nonzero()[:, 0]
+            alpha[on] = nash_weights(K[on][:, on], self.max_iter, self.tol, self.ridge)
+        alpha = alpha.to(device=losses.device, dtype=losses.dtype)
+        return self.weighted_sum(losses, alpha), alpha

@@ -1,0 +1,49 @@
+"""PCGrad: projecting conflicting gradients.
+
+Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for Multi-Task Learning",
+NeurIPS 2020.
+
+For each task i, ``g_i'`` starts at ``g_i``; for every other task j in a random order, if
+``g_i' . g_j < 0`` then ``g_i' <- g_i' - (g_i' . g_j / ||g_j||^2) g_j`` (projection onto the normal
+plane of g_j). The direction is ``d = sum_i g_i'`` (the paper's sum). Each ``g_i'`` is tracked as a
+coefficient vector over the original gradients, so all dot products come from K; ``alpha`` is
+the sum of those vectors. The random orders come from the method's own generator.
+
+Hyper-parameters:
+    seed: seed of the method-owned generator (default 0); its state is saved in the state dict.
+
+Limits: needs the gradients and every task every step. Cost O(T^3) (T^2 projections, each O(T)).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from polytask.weighting._utils import SeededGenerator, active_mask, check_all_tasks, check_gram
+from polytask.weighting.base import Weighting
+
+
+class PCGrad(SeededGenerator, Weighting):
+    needs_grads = True
+    needs_all_tasks = True
+
+    def __init__(self, tasks: list[str], *, seed: int = 0):
+        super().__init__(tasks)
+        self._init_generator(seed)
+
+    def combine(self, losses: Tensor, tasks: list[str], gram: Tensor | None = None):
+        check_all_tasks(self, tasks)
+        T = len(tasks)
+        K = check_gram(gram, T, "pcgrad")  # (T, T)
+        active = active_mask(K)  # (T,)
+        C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' as coefficients over G
+        for i in range(T):
+            for j in torch.randperm(T, generator=self.generator).tolist():
+                if j == i or not active[j]:
+                    continue
+                dot = C[i] @ K[:, j]  # g_i' . g_j
+                if dot < 0:
+                    C[i, j] -= dot / K[j, j]
+        alpha = C.sum(0).to(device=losses.device, dtype=losses.dtype)  # (T,)
+        return self.weighted_sum(losses, alpha), alpha
