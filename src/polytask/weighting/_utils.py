@@ -94,6 +94,57 @@ def min_norm_simplex(K: Tensor, max_iter: int = 250, tol: float = 1e-7) -> Tenso
     return a
 
 
+def min_norm_wolfe(K: Tensor, max_iter: int = 1000) -> Tensor:
+    """argmin over the simplex of ``a^T K a``, exactly, by Wolfe's min-norm-point algorithm (T,).
+
+    P. Wolfe, "Finding the nearest point in a polytope", Math. Programming 11 (1976). Works on
+    inner products only: keeps a "corral" S of affinely independent points and the affine
+    minimiser over S, dropping points whose barycentric weight goes non-positive. Terminates
+    in finitely many steps; ``K`` (T, T) float64.
+    """
+    T = K.shape[0]
+    scale = float(K.diagonal().max().clamp(min=0.0))
+    a = torch.zeros(T, dtype=K.dtype, device=K.device)
+    if T == 1 or scale <= 0.0:
+        return a.fill_(1.0 / T) if T > 1 else a.fill_(1.0)
+    tol = 1e-12 * scale
+    a[int(torch.argmin(K.diagonal()))] = 1.0
+    S = [int(torch.argmin(K.diagonal()))]
+    for _ in range(max_iter):
+        Ka = K @ a  # (T,) p_t . x
+        j = int(torch.argmin(Ka))
+        if float(a @ Ka) - float(Ka[j]) <= tol or j in S:
+            break  # x is (numerically) the nearest point
+        S.append(j)
+        while True:  # minor cycle: move towards the affine minimiser of S
+            n = len(S)
+            M = torch.zeros(n + 1, n + 1, dtype=K.dtype, device=K.device)
+            M[:n, :n] = K[S][:, S]
+            M[:n, n] = M[n, :n] = 1.0
+            rhs = torch.zeros(n + 1, dtype=K.dtype, device=K.device)
+            rhs[n] = 1.0
+            mu = (torch.linalg.pinv(M) @ rhs)[:n]  # affine minimiser, weights on S
+            if bool((mu > 1e-15).all()):
+                a.zero_()
+                a[S] = mu
+                break
+            cur = a[S]
+            neg = mu <= 1e-15
+            theta = float(torch.min(cur[neg] / (cur[neg] - mu[neg]).clamp(min=1e-300)))
+            theta = min(max(theta, 0.0), 1.0)
+            new = cur + theta * (mu - cur)
+            a.zero_()
+            a[S] = new.clamp(min=0.0)
+            S = [s for s in S if float(a[s]) > 1e-15]
+            a[[t for t in range(T) if t not in S]] = 0.0
+            if not S:  # numerical breakdown: restart from the best vertex
+                j = int(torch.argmin(K.diagonal()))
+                a.zero_()
+                a[j], S = 1.0, [j]
+                break
+    return a / a.sum()
+
+
 def project_simplex(v: Tensor) -> Tensor:
     """Euclidean projection of ``v`` (T,) onto the probability simplex."""
     u, _ = torch.sort(v, descending=True)

@@ -36,6 +36,37 @@ from polytask.weighting._utils import SeededGenerator, active_mask, check_all_ta
 from polytask.weighting.base import Weighting
 
 
+def gradvac_coefficients(
+    K: Tensor, targets: Tensor, orders: list[list[int]], beta: float
+) -> Tensor:
+    """Vaccinated gradients as coefficients over G (T, T): row i is ``g_i'``.
+
+    ``targets`` (T, T) holds the EMA targets of these tasks, in K's order, and is updated in
+    place; ``orders[i]`` is the order in which task i meets the other tasks.
+    """
+    T = K.shape[0]
+    active = active_mask(K)  # (T,)
+    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' = C[i] @ G
+    for i in range(T):
+        if not active[i]:
+            continue
+        for j in orders[i]:
+            if j == i or not active[j]:
+                continue
+            sq = float(C[i] @ K @ C[i])
+            if sq <= 0.0:
+                break  # g_i' vanished: nothing left to align
+            norm_i, norm_j = math.sqrt(sq), math.sqrt(float(K[j, j]))
+            cos = max(-1.0, min(1.0, float(C[i] @ K[:, j]) / (norm_i * norm_j)))
+            target = float(targets[i, j])
+            if cos < target:
+                s_t = math.sqrt(max(1.0 - target * target, 1e-12))
+                s_c = math.sqrt(max(1.0 - cos * cos, 0.0))
+                C[i, j] += norm_i * (target * s_c - cos * s_t) / (norm_j * s_t)
+            targets[i, j] = (1 - beta) * target + beta * cos
+    return C
+
+
 class GradVac(SeededGenerator, Weighting):
     needs_grads = True
     needs_all_tasks = True
@@ -51,23 +82,10 @@ class GradVac(SeededGenerator, Weighting):
         check_all_tasks(self, tasks)
         T = len(tasks)
         K = check_gram(gram, T, "gradvac")  # (T, T)
-        pos = self.index(tasks).tolist()  # row/column of each task in self.targets
-        active = active_mask(K)  # (T,)
-        C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' over G
-        for i in range(T):
-            for j in torch.randperm(T, generator=self.generator).tolist():
-                if j == i or not active[j]:
-                    continue
-                sq = float(C[i] @ K @ C[i])
-                if sq <= 0.0 or not active[i]:
-                    continue
-                norm_i, norm_j = math.sqrt(sq), math.sqrt(float(K[j, j]))
-                cos = max(-1.0, min(1.0, float(C[i] @ K[:, j]) / (norm_i * norm_j)))
-                target = float(self.targets[pos[i], pos[j]])
-                if cos < target:
-                    s_t = math.sqrt(max(1.0 - target * target, 1e-12))
-                    s_c = math.sqrt(max(1.0 - cos * cos, 0.0))
-                    C[i, j] += norm_i * (target * s_c - cos * s_t) / (norm_j * s_t)
-                self.targets[pos[i], pos[j]] = (1 - self.beta) * target + self.beta * cos
+        idx = self.index(tasks).to(self.targets.device)
+        targets = self.targets[idx][:, idx].to(K)  # (T, T) in this step's order
+        orders = [torch.randperm(T, generator=self.generator).tolist() for _ in range(T)]
+        C = gradvac_coefficients(K, targets, orders, self.beta)
+        self.targets[idx[:, None], idx[None, :]] = targets.to(self.targets)
         alpha = C.sum(0).to(device=losses.device, dtype=losses.dtype)  # (T,)
         return self.weighted_sum(losses, alpha), alpha

@@ -2,9 +2,10 @@
 
 Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018.
 
-Solves ``min_{a in simplex} || sum_t a_t g_t / n_t ||^2`` from the Gram matrix: closed form for
-two tasks, Frank-Wolfe with exact line search (started from the best pair) otherwise, as in the
-paper's Algorithms 1-2. ``n_t`` is the gradient normaliser:
+Solves ``min_{a in simplex} || sum_t a_t g_t / n_t ||^2`` from the Gram matrix, by default
+exactly with Wolfe's min-norm-point algorithm (Wolfe 1976; for two tasks it is the paper's closed
+form), or with the paper's Frank-Wolfe (Algorithm 2: exact line search, started from the best
+pair), which is approximate when the optimum lies on a face. ``n_t`` is the gradient normaliser:
 
     none: 1;  l2: ||g_t||;  loss: L_t;  loss+: L_t * ||g_t||.
 
@@ -16,10 +17,11 @@ With ``none`` the coefficients sum to 1.
 
 Hyper-parameters:
     normalization: "none" (default), "l2", "loss" or "loss+".
-    max_iter: Frank-Wolfe iterations (default 250); tol: stopping tolerance (default 1e-7).
+    solver: "wolfe" (default, exact) or "frank-wolfe" (the paper's).
+    max_iter: Frank-Wolfe iterations (default 250); tol: its stopping tolerance (default 1e-7).
 
-Limits: needs the gradients and every task every step. Cost O(T^2) per Frank-Wolfe iteration
-(plus O(T^3) for the pairwise start).
+Limits: needs the gradients and every task every step. Cost: Wolfe O(T^3) per major step, a few
+steps in practice; Frank-Wolfe O(T^2) per iteration plus O(T^3) for the pairwise start.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from polytask.weighting._utils import (
     check_gram,
     grad_norms,
     min_norm_simplex,
+    min_norm_wolfe,
 )
 from polytask.weighting.base import Weighting
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+SOLVERS = ("wolfe", "frank-wolfe")
 
 
 class MGDA(Weighting):
@@ -45,12 +49,20 @@ class MGDA(Weighting):
     needs_all_tasks = True
 
     def __init__(
-        self, tasks: list[str], *, normalization: str = "none", max_iter: int = 250, tol: float = 1e-7
+        self,
+        tasks: list[str],
+        *,
+        normalization: str = "none",
+        solver: str = "wolfe",
+        max_iter: int = 250,
+        tol: float = 1e-7,
     ):
         super().__init__(tasks)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"mgda: normalization must be one of {NORMALIZATIONS}")
-        self.normalization = normalization
+        if solver not in SOLVERS:
+            raise ValueError(f"mgda: solver must be one of {SOLVERS}")
+        self.normalization, self.solver = normalization, solver
         self.max_iter, self.tol = int(max_iter), float(tol)
 
     def combine(self, losses: Tensor, tasks: list[str], gram: Tensor | None = None):
@@ -64,6 +76,10 @@ class MGDA(Weighting):
             "loss": L,
             "loss+": L * norms,
         }[self.normalization]  # (T,)
-        a = min_norm_simplex(K / (n[:, None] * n[None, :]), self.max_iter, self.tol)  # (T,)
+        Kn = K / (n[:, None] * n[None, :])  # (T, T) Gram of the normalised gradients
+        if self.solver == "wolfe":
+            a = min_norm_wolfe(Kn)  # (T,)
+        else:
+            a = min_norm_simplex(Kn, self.max_iter, self.tol)
         alpha = (a / n).to(device=losses.device, dtype=losses.dtype)
         return self.weighted_sum(losses, alpha), alpha

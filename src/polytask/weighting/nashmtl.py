@@ -10,9 +10,10 @@ The Nash bargaining solution is ``d = sum_t alpha_t g_t`` with ``alpha > 0`` sol
 These are exactly the stationarity conditions of the strictly convex problem
 ``min_{alpha > 0} 0.5 alpha^T K alpha - sum_t log alpha_t``, solved here with a damped Newton
 method (Hessian ``K + diag(1 / alpha^2)``, backtracking that keeps alpha positive) on K scaled to
-unit mean diagonal (alpha scales as ``1 / sqrt(scale)``); no cvxpy. A tiny ridge
-(``ridge * I`` on the scaled K) keeps the problem bounded when 0 is in the convex hull of the
-gradients. Tasks with a zero gradient get alpha 0 (no alpha can satisfy their equation).
+unit mean diagonal (alpha scales as ``1 / sqrt(scale)``); no cvxpy. When 0 is in the convex hull
+of the gradients there is no solution (the objective is unbounded); the solve is then repeated
+with a tiny ridge (``ridge * I`` on the scaled K), which gives large but finite alpha. At a
+solution ``||d||^2 = alpha^T K alpha = T``. Tasks with a zero gradient get alpha 0 (no alpha can satisfy their equation).
 
 Deviation from the authors' code: no sequential convex approximation (the Newton solve is exact),
 no gradient clipping (``max_norm``; the trainer clips) and weights are recomputed every step.
@@ -26,6 +27,8 @@ Limits: needs the gradients and every task every step. Cost O(T^3) per Newton it
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -33,35 +36,49 @@ from polytask.weighting._utils import active_mask, check_all_tasks, check_gram
 from polytask.weighting.base import Weighting
 
 
-def nash_weights(K: Tensor, max_iter: int = 50, tol: float = 1e-10, ridge: float = 1e-8) -> Tensor:
-    """Solve ``(K a) * a = 1``, ``a > 0`` for a (T, T) PSD ``K`` with positive diagonal."""
-    T = K.shape[0]
-    scale = float(K.diagonal().mean())
-    A = K / scale + ridge * torch.eye(T, dtype=K.dtype, device=K.device)  # (T, T)
+def _newton(A: Tensor, max_iter: int, tol: float) -> tuple[Tensor, bool]:
+    """Damped Newton on ``0.5 a^T A a - sum log a``; returns (a, converged)."""
+    T = A.shape[0]
 
     def f(a: Tensor) -> float:
         return float(0.5 * a @ A @ a - torch.log(a).sum())
 
-    ones = torch.ones(T, dtype=K.dtype, device=K.device)
-    a = ones * (T / float(ones @ A @ ones)) ** 0.5  # best multiple of 1
+    a = A.diagonal().rsqrt()  # (T,) the solution for orthogonal gradients
+    quad = float(a @ A @ a)
+    if quad > 1e-12:
+        a = a * math.sqrt(T / quad)  # best multiple of it
     for _ in range(max_iter):
         grad = A @ a - 1.0 / a  # (T,)
-        if float(grad.abs().max()) < tol:
-            break
+        if float((grad * a).abs().max()) < tol:  # relative residual of (A a) a = 1
+            return a, True
         H = A + torch.diag(1.0 / a**2)  # (T, T) positive definite
-        step = torch.linalg.solve(H, grad)  # (T,)
+        step, info = torch.linalg.solve_ex(H, grad)  # (T,)
+        if int(info) != 0 or not bool(torch.isfinite(step).all()):
+            return a, False
         t, f0, slope = 1.0, f(a), float(grad @ step)
-        while True:  # backtracking: stay positive, decrease f (Armijo)
+        while t >= 1e-12:  # backtracking: stay positive, decrease f (Armijo)
             new = a - t * step
             if bool((new > 0).all()) and f(new) <= f0 - 1e-4 * t * slope:
                 break
             t *= 0.5
-            if t < 1e-12:
-                new = a
-                break
-        if torch.equal(new, a):
-            break
+        else:
+            return a, False
         a = new
+    return a, bool(((A @ a) * a - 1.0).abs().max() < tol)
+
+
+def nash_weights(K: Tensor, max_iter: int = 50, tol: float = 1e-10, ridge: float = 1e-8) -> Tensor:
+    """Solve ``(K a) * a = 1``, ``a > 0`` for a (T, T) PSD ``K`` with positive diagonal.
+
+    Exact solve first; if it does not converge (0 in the convex hull: no solution), the ridge
+    ``ridge * I`` is added to the scaled K and the solve repeated.
+    """
+    T = K.shape[0]
+    scale = float(K.diagonal().mean())
+    A = K / scale  # (T, T)
+    a, ok = _newton(A, max_iter, tol)
+    if not ok or not bool(torch.isfinite(a).all()):
+        a, _ = _newton(A + ridge * torch.eye(T, dtype=K.dtype, device=K.device), max_iter, tol)
     return a / scale**0.5
 
 

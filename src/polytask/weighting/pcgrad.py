@@ -24,6 +24,24 @@ from polytask.weighting._utils import SeededGenerator, active_mask, check_all_ta
 from polytask.weighting.base import Weighting
 
 
+def pcgrad_coefficients(K: Tensor, orders: list[list[int]]) -> Tensor:
+    """Projected gradients as coefficients over G (T, T): row i is ``g_i'``.
+
+    ``orders[i]`` is the order in which task i meets the other tasks. ``K`` (T, T) float64.
+    """
+    T = K.shape[0]
+    active = active_mask(K)  # (T,)
+    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' = C[i] @ G
+    for i in range(T):
+        for j in orders[i]:
+            if j == i or not active[j]:
+                continue
+            dot = C[i] @ K[:, j]  # g_i' . g_j
+            if dot < 0:
+                C[i, j] -= dot / K[j, j]
+    return C
+
+
 class PCGrad(SeededGenerator, Weighting):
     needs_grads = True
     needs_all_tasks = True
@@ -36,14 +54,7 @@ class PCGrad(SeededGenerator, Weighting):
         check_all_tasks(self, tasks)
         T = len(tasks)
         K = check_gram(gram, T, "pcgrad")  # (T, T)
-        active = active_mask(K)  # (T,)
-        C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' as coefficients over G
-        for i in range(T):
-            for j in torch.randperm(T, generator=self.generator).tolist():
-                if j == i or not active[j]:
-                    continue
-                dot = C[i] @ K[:, j]  # g_i' . g_j
-                if dot < 0:
-                    C[i, j] -= dot / K[j, j]
-        alpha = C.sum(0).to(device=losses.device, dtype=losses.dtype)  # (T,)
+        orders = [torch.randperm(T, generator=self.generator).tolist() for _ in range(T)]
+        alpha = pcgrad_coefficients(K, orders).sum(0)  # (T,)
+        alpha = alpha.to(device=losses.device, dtype=losses.dtype)
         return self.weighted_sum(losses, alpha), alpha

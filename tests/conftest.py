@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny randomly initialised BERT saved to disk, and config builders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random BERT with the MiniLM word-piece tokenizer (fast to train)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from polytask.backbones.encoder import resolve_backbone
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def demo_tasks(n_train: int = 160, n_eval: int = 40) -> list[dict]:
+    """The four synthetic demo tasks, small."""
+    data = {"format": "synthetic", "max_train": n_train, "max_eval": n_eval}
+    return [
+        {"name": "sentiment", "type": "classification", "data": dict(data), "pooling": "mean"},
+        {"name": "topic", "type": "classification", "data": dict(data), "pooling": "mean"},
+        {"name": "similarity", "type": "regression", "data": dict(data), "pooling": "mean",
+         "columns": {"text": "text_a", "text_pair": "text_b", "target": "score"}},
+        {"name": "entities", "type": "tagging", "data": dict(data)},
+    ]
+
+
+def tiny_config(backbone: str, out_dir: Path, **train) -> dict:
+    """A raw config dict for a fast run on the tiny backbone."""
+    return {
+        "name": "tiny",
+        "output_dir": str(out_dir),
+        "seed": 3,
+        "model": {"backbone": backbone, "max_length": 32},
+        "tasks": demo_tasks(),
+        "train": {"max_steps": 30, "batch_size": 16, "lr": 1e-3, "eval_every": 15, "log_every": 5,
+                  "warmup_ratio": 0.0, **train},
+    }

@@ -1,0 +1,74 @@
+"""Bad input is reported before training, all at once, with file, line and field."""
+
+import json
+
+import pytest
+
+from polytask.config import from_dict
+from polytask.dataset import prepare
+from polytask.errors import DataError
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path.name
+
+
+def test_every_problem_is_collected_with_its_location(tmp_path):
+    j = lambda o: json.dumps(o)  # noqa: E731
+    write(tmp_path / "cls_train.jsonl", [j({"text": "good", "label": "pos"}), "{not json",
+                                         j({"text": "", "label": "neg"}), j({"label": "neg"})])
+    write(tmp_path / "cls_dev.jsonl", [j({"text": "fine", "label": "pos"}), j({"text": "meh", "label": "neutral"})])
+    write(tmp_path / "reg_train.csv", ["sentence,score", "a,1.0", "b,nan", "c,2.5,extra"])
+    write(tmp_path / "ner_train.conll", ["EU B-ORG", "rejects O", "", "Peter B-PER extra", "Blackburn I-PER"])
+    cfg = from_dict({
+        "data_dir": str(tmp_path),
+        "tasks": [
+            {"name": "cls", "type": "classification", "data": {"train": "cls_train.jsonl", "dev": "cls_dev.jsonl"}},
+            {"name": "reg", "type": "regression", "data": {"train": "reg_train.csv"},
+             "columns": {"text": "sentence", "target": "score"}},
+            {"name": "ner", "type": "tagging", "data": {"train": "ner_train.conll"}},
+        ],
+    })
+    with pytest.raises(DataError) as info:
+        prepare(cfg)
+    msg = str(info.value)
+    expected = [
+        "cls_train.jsonl:2:",  # malformed JSON line
+        "cls_train.jsonl:3: field 'text': empty text",
+        "cls_train.jsonl:4: field 'text': missing column",
+        "cls_dev.jsonl:2: field 'label': label 'neutral' not seen in training",
+        "reg_train.csv:3: field 'score': target is not a finite number",
+        "reg_train.csv:4:",  # wrong number of CSV fields
+        "ner_train.conll:4:",  # wrong number of CoNLL columns
+    ]
+    for part in expected:
+        assert part in msg, f"{part!r} not in:\n{msg}"
+    assert len(info.value.problems) == len(expected)
+
+
+def test_missing_file_names_the_config_key(tmp_path):
+    cfg = from_dict({"data_dir": str(tmp_path),
+                     "tasks": [{"name": "x", "type": "classification", "data": {"train": "nope.jsonl"}}]})
+    with pytest.raises(DataError, match=r"nope.jsonl: file not found, configured at tasks\[x\].data.train"):
+        prepare(cfg)
+
+
+def test_task_without_training_data(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    cfg = from_dict({"data_dir": str(tmp_path),
+                     "tasks": [{"name": "x", "type": "classification", "data": {"train": "empty.jsonl"}},
+                               {"name": "y", "type": "classification"}]})
+    with pytest.raises(DataError) as info:
+        prepare(cfg)
+    assert "task 'x' has no training examples" in str(info.value)
+    assert "field 'data.train': no training data configured" in str(info.value)
+
+
+def test_good_data_prepares(tmp_path):
+    write(tmp_path / "t.jsonl", [json.dumps({"text": f"t{i}", "label": str(i % 2)}) for i in range(10)])
+    cfg = from_dict({"data_dir": str(tmp_path), "tasks": [
+        {"name": "x", "type": "classification", "data": {"train": "t.jsonl", "dev": "t.jsonl", "max_train": 4}}]})
+    data = prepare(cfg)
+    assert len(data["x"].examples["train"]) == 4 and len(data["x"].examples["dev"]) == 10
+    assert data["x"].task.labels == ["0", "1"]
