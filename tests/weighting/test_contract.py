@@ -179,6 +179,27 @@ def test_subsets(name):
     assert weights.shape == (T,) and torch.isfinite(total)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", NAMES)
+def test_on_device(name, device):
+    """The module can be moved with ``.to(device)``; inputs on that device, float32 losses."""
+    T = 3
+    tasks = tasks_of(T)
+    method = build_weighting(name, tasks).to(device)
+    for k in range(3):
+        losses, gram = fixed_inputs(T, k)
+        losses = losses.float().to(device).requires_grad_(True)
+        total, weights = run(method, tasks, losses, gram.to(device))
+        assert total.device.type == device and weights.device.type == device
+        assert torch.isfinite(weights).all()
+        total.backward()
+    state = method.state_dict()
+    build_weighting(name, tasks).load_state_dict(state)
+
+
 def test_unknown_name_lists_catalogue():
     from polytask.errors import ConfigError
 

@@ -309,3 +309,16 @@ def test_gradvac_targets_are_kept_by_task_name():
     Gp = G[perm]
     m2.combine(torch.ones(3, dtype=torch.float64), ["c", "a", "b"], Gp @ Gp.T)
     assert_vec(m2.targets, first)
+
+
+def test_mgda_frank_wolfe_solver():
+    g1, g2 = [1.0, 0.0], [0.0, 2.0]
+    _, alpha, _ = direction("mgda", [g1, g2], solver="frank-wolfe")
+    assert_vec(alpha, [0.8, 0.2])  # exact for two tasks
+    G = torch.randn(5, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    _, a_fw, _ = direction("mgda", G, solver="frank-wolfe", max_iter=2000, tol=1e-12)
+    _, a_exact, _ = direction("mgda", G)
+    K = G @ G.T
+    # Frank-Wolfe zig-zags towards an optimum on a face: close, never better than exact
+    assert float(a_exact @ K @ a_exact) <= float(a_fw @ K @ a_fw) + 1e-12
+    assert float(a_fw @ K @ a_fw) <= float(a_exact @ K @ a_exact) * 1.02

@@ -21,7 +21,8 @@ def check_gram(gram: Tensor | None, n: int, name: str) -> Tensor:
     if gram is None:
         raise ValueError(f"weighting '{name}' needs the Gram matrix of the task gradients")
     if gram.shape != (n, n):
-        raise ValueError(f"weighting '{name}': gram has shape {tuple(gram.shape)}, expected ({n}, {n})")
+        shape = tuple(gram.shape)
+        raise ValueError(f"weighting '{name}': gram has shape {shape}, expected ({n}, {n})")
     K = gram.detach().to(torch.float64)
     K = 0.5 * (K + K.T)  # (T, T)
     if not torch.isfinite(K).all():

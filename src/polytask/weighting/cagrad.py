@@ -30,7 +30,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 from torch import Tensor
 
 from polytask.weighting._utils import active_mask, check_all_tasks, check_gram
@@ -67,6 +66,8 @@ class CAGrad(Weighting):
 
     def _dual(self, K: Tensor, Kg0: Tensor, g0_norm: float) -> Tensor:
         """argmin over the simplex of ``w . (K 1/T) + c ||g_0|| sqrt(w^T K w)`` (n,)."""
+        from scipy.optimize import minimize  # imported lazily: scipy is slow to import
+
         n = K.shape[0]
         scale = float(K.diagonal().mean())  # solve on K / scale: same minimiser
         A = (K / scale).cpu().numpy()  # (n, n)
@@ -82,6 +83,7 @@ class CAGrad(Weighting):
             bounds=[(0.0, 1.0)] * n,
             constraints=({"type": "eq", "fun": lambda w: 1.0 - w.sum()},),
             method="SLSQP",
+            options={"ftol": 1e-10, "maxiter": 200},
         )
         w = np.clip(res.x, 0.0, None) if np.all(np.isfinite(res.x)) else np.full(n, 1.0 / n)
         return torch.as_tensor(w / w.sum(), dtype=K.dtype, device=K.device)

@@ -3,15 +3,17 @@
 Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial Multi-task Learning",
 ICLR 2021.
 
-Finds ``alpha`` with ``sum_t alpha_t = 1`` such that the combined direction ``d = sum_t alpha_t g_t``
-has the same projection onto every unit task gradient ``u_t = g_t / ||g_t||``. In closed form,
-with ``D`` the rows ``g_1 - g_t`` and ``U`` the rows ``u_1 - u_t`` (t = 2..T),
+Finds ``alpha`` with ``sum_t alpha_t = 1`` such that the combined direction
+``d = sum_t alpha_t g_t`` has the same projection onto every unit task gradient
+``u_t = g_t / ||g_t||``. In closed form, with ``D`` the rows ``g_1 - g_t`` and ``U`` the rows
+``u_1 - u_t`` (t = 2..T),
 
     alpha_{2..T} = g_1 U^T (D U^T)^{-1},     alpha_1 = 1 - sum_{t>=2} alpha_t,
 
 where every product is read off K (``g_s . u_t = K_st / ||g_t||``). Singular systems (linearly
-dependent gradients) use the least-squares solution; tasks with a zero gradient get alpha 0 and
-the others are balanced among themselves. ``alpha`` can be negative, as in the paper.
+dependent gradients) use the least-squares (pseudo-inverse) solution; tasks with a zero
+gradient get alpha 0 and the others are balanced among themselves. ``alpha`` can be negative,
+as in the paper.
 
 Hyper-parameters: none.
 

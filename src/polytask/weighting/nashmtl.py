@@ -13,7 +13,8 @@ method (Hessian ``K + diag(1 / alpha^2)``, backtracking that keeps alpha positiv
 unit mean diagonal (alpha scales as ``1 / sqrt(scale)``); no cvxpy. When 0 is in the convex hull
 of the gradients there is no solution (the objective is unbounded); the solve is then repeated
 with a tiny ridge (``ridge * I`` on the scaled K), which gives large but finite alpha. At a
-solution ``||d||^2 = alpha^T K alpha = T``. Tasks with a zero gradient get alpha 0 (no alpha can satisfy their equation).
+solution ``||d||^2 = alpha^T K alpha = T``. Tasks with a zero gradient get alpha 0 (no alpha
+can satisfy their equation).
 
 Deviation from the authors' code: no sequential convex approximation (the Newton solve is exact),
 no gradient clipping (``max_norm``; the trainer clips) and weights are recomputed every step.

@@ -23,7 +23,6 @@ worst case; fine for tens of tasks.
 from __future__ import annotations
 
 import torch
-from scipy.optimize import nnls
 from torch import Tensor
 
 from polytask.weighting._utils import check_all_tasks, check_gram, psd_sqrt_factor
@@ -32,6 +31,8 @@ from polytask.weighting.base import Weighting
 
 def upgrad_weights(K: Tensor) -> Tensor:
     """UPGrad coefficients (T,) from the Gram matrix (T, T) float64."""
+    from scipy.optimize import nnls  # imported lazily: scipy is slow to import
+
     T = K.shape[0]
     scale = float(K.diagonal().max())
     if scale <= 0.0:

@@ -1,0 +1,90 @@
+"""The command line, run as a user would run it (a real subprocess), on the tiny backbone."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import tiny_config
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "polytask.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def config_file(tiny_backbone, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_backbone, root / "runs", max_steps=20, eval_every=10)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(config_file):
+    proc = cli("train", config_file, "name=cli-run", "--no-progress")
+    assert "best step" in proc.stdout and "macro" in proc.stdout
+    return config_file.parent / "runs" / "cli-run"
+
+
+def test_help_for_every_command():
+    for cmd in ("train", "evaluate", "predict", "check"):
+        out = cli(cmd, "--help").stdout
+        assert "Usage" in out and len(out) > 200
+
+
+def test_check_reports_counts(config_file):
+    out = cli("check", config_file).stdout
+    assert "topic (classification): train=160, dev=40, test=40, 4 labels" in out
+    assert "config and data OK" in out
+
+
+def test_check_bad_override_fails_clearly(config_file):
+    proc = cli("check", config_file, "train.max_steps=many", check=False)
+    assert proc.returncode == 2 and "train.max_steps: expected int, got str 'many'" in proc.stderr
+
+
+def test_check_reports_every_data_problem(tmp_path, config_file):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": "a"}\n{"text": "", "label": "b"}\n[1, 2]\n')
+    cfg = yaml.safe_load(config_file.read_text())
+    cfg["tasks"].append({"name": "extra", "type": "classification", "data": {"train": str(bad)}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = cli("check", path, check=False)
+    assert proc.returncode == 2
+    assert "2 data problems" in proc.stderr
+    assert f"{bad}:2: field 'text': empty text" in proc.stderr and f"{bad}:3:" in proc.stderr
+
+
+def test_evaluate_matches_training_summary(run_dir):
+    out = json.loads(cli("evaluate", run_dir, "--split", "test").stdout)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(out["metrics"]) == set(summary["test"])
+    for task, metrics in summary["test"].items():
+        assert out["metrics"][task] == pytest.approx(metrics)
+
+
+def test_predict_text_and_file(run_dir, tmp_path):
+    out = cli("predict", run_dir, "--task", "topic", "--text", "the chef made soup", "--text", "a late flight").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["input"] for r in rows] == ["the chef made soup", "a late flight"]
+    assert all(r["topic"] in ("food", "sports", "tech", "travel") for r in rows)
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"text": "Anna Berg likes Oslo", "tokens": ["Anna", "Berg", "likes", "Oslo"],
+                                  "text_a": "a dog", "text_b": "a dog"}) + "\n")
+    cli("predict", run_dir, "--input", inputs, "--output", tmp_path / "out.jsonl")
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert set(row) == {"input", "sentiment", "topic", "similarity", "entities"}
+    assert len(row["entities"]) == 4 and isinstance(row["similarity"], float)
+
+
+def test_predict_unknown_task(run_dir):
+    proc = cli("predict", run_dir, "--task", "nope", "--text", "x", check=False)
+    assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr
