@@ -20,8 +20,7 @@ def predict_features(model: MultiTaskModel, task: Task, feats: list[dict], pad_i
     preds: list = [None] * len(feats)
     for idx in eval_batches([len(f["input_ids"]) for f in feats], batch_size):
         batch = task.collate([feats[i] for i in idx], pad_id)
-        out, _ = model(batch, task.name)
-        for i, p in zip(idx, task.decode(out, batch)):
+        for i, p in zip(idx, task.predict_batch(model, batch)):
             preds[i] = p
     return preds
 

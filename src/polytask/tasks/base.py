@@ -187,6 +187,11 @@ class Task:
     def loss(self, out: Tensor, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def predict_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> list:
+        """Predictions for one batch. Generation tasks override this to decode step by step."""
+        out, _ = model(batch, self.name)
+        return self.decode(out, batch)
+
     def decode(self, out: Tensor, batch: dict[str, Tensor]) -> list:
         """User-facing predictions for a batch (labels as strings, scores as floats, tags)."""
         raise NotImplementedError
