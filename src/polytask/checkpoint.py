@@ -77,6 +77,20 @@ def save_weights(model: nn.Module, path: Path, meta: dict | None = None) -> None
     write_json(path.with_suffix(".json"), {"sha256": digest, "format": FORMAT_VERSION, **(meta or {})})
 
 
+def save_model_file(model: nn.Module, path: Path) -> None:
+    """Plain safetensors write (inside a checkpoint folder that is itself renamed into place)."""
+    save_model(model, str(path))
+
+
+def load_model_file(model: nn.Module, path: Path) -> None:
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        raise CheckpointError(f"{path} cannot be read as safetensors: {exc}") from exc
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def load_weights(model: nn.Module, path: Path) -> dict:
     """Load weights after checking the hash and format version; returns the metadata."""
     meta_path = path.with_suffix(".json")
@@ -89,10 +103,84 @@ def load_weights(model: nn.Module, path: Path) -> dict:
         )
     if "sha256" in meta and sha256(path) != meta["sha256"]:
         raise CheckpointError(f"{path} is corrupted or truncated (content hash does not match {meta_path.name})")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except Exception as exc:  # safetensors raises several types for a damaged header
-        raise CheckpointError(f"{path} cannot be read as safetensors: {exc}") from exc
-    if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_model_file(model, path)
     return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints (for --resume): checkpoints/step-NNNNNNN/ with a manifest of hashes.
+
+
+def write_format_marker(run_dir: Path) -> None:
+    from polytask import __version__
+
+    write_json(run_dir / "polytask.json", {"format": FORMAT_VERSION, "polytask": __version__})
+
+
+def check_format(run_dir: Path) -> None:
+    marker = run_dir / "polytask.json"
+    if marker.exists():
+        found = json.loads(marker.read_text()).get("format", FORMAT_VERSION)
+        if found > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{run_dir} was written by a newer polytask (run format {found}, this version reads "
+                f"{FORMAT_VERSION}); upgrade polytask to load it"
+            )
+
+
+def save_checkpoint(run_dir: Path, step: int, write_files, keep: int) -> Path:
+    """Create ``checkpoints/step-N`` atomically: ``write_files(tmp_dir)`` writes the files, a
+    manifest with their SHA-256 is added, and the folder is renamed into place. Keeps the
+    newest ``keep`` checkpoints."""
+    import shutil
+
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        write_files(tmp)
+        files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / "manifest.json", {"step": step, "format": FORMAT_VERSION, "sha256": files})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if every file matches the manifest, else what is wrong."""
+    manifest = path / "manifest.json"
+    if not manifest.exists():
+        return "no manifest.json"
+    try:
+        info = json.loads(manifest.read_text())
+    except ValueError:
+        return "manifest.json is not valid JSON"
+    if info.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        return f"written by a newer polytask (format {info['format']})"
+    for name, digest in info.get("sha256", {}).items():
+        f = path / name
+        if not f.exists():
+            return f"{name} is missing"
+        if sha256(f) != digest:
+            return f"{name} is corrupted or truncated (hash mismatch)"
+    return None
+
+
+def latest_good_checkpoint(run_dir: Path, warn=print) -> Path | None:
+    """The newest checkpoint that verifies; damaged ones are reported and skipped."""
+    root = run_dir / "checkpoints"
+    if not root.exists():
+        return None
+    for path in sorted((p for p in root.iterdir() if p.name.startswith("step-")), reverse=True):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        warn(f"warning: skipping checkpoint {path}: {problem}; trying the previous one")
+    return None

@@ -25,15 +25,27 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config file"),
+    config: Optional[str] = typer.Argument(None, help="YAML config file (omit with --resume)"),
     overrides: Optional[list[str]] = OVERRIDES,
+    resume: Optional[Path] = typer.Option(None, help="Continue this run folder from its last good checkpoint"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
 ) -> None:
-    """Train one multi-task model on every task in CONFIG; writes a run folder."""
-    from polytask.train import train as run_train
+    """Train one multi-task model on every task in CONFIG; writes a run folder.
 
+    Ctrl-C or SIGTERM writes a checkpoint first; `polytask train --resume RUN_DIR` continues
+    it exactly (extra overrides such as train.max_steps=2000 may extend it).
+    """
+    from polytask.train import Interrupted, train as run_train
+
+    overrides = list(overrides or [])
+    if config and "=" in config:  # with --resume, the first positional is an override
+        overrides.insert(0, config)
+        config = None
     try:
-        run_dir = run_train(config, overrides or [], progress=progress)
+        run_dir = run_train(config, overrides, progress=progress, resume=resume)
+    except Interrupted as exc:
+        typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
     except PolytaskError as exc:
         _fail(exc)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -97,7 +97,44 @@ class TrainConfig:
     grad_space: Literal["representation", "last_layers", "shared"] = "representation"
     grad_layers: int = 1  # for last_layers
     length_grouping: bool = True
+    checkpoint_every: int | None = None  # default: eval_every; checkpoints are what --resume uses
+    keep_checkpoints: int = 2  # newest N kept (the best weights are kept separately)
+    on_nonfinite: Literal["skip", "stop"] = "skip"  # a NaN/inf loss or gradient: skip the batch, or stop
+    max_skips: int = 10  # stop when more than this many batches are skipped ...
+    skip_window: int = 100  # ... within this many steps
     num_threads: int | None = None  # torch CPU threads (default: torch's choice)
+
+
+@dataclass
+class MethodConfig:
+    """One multi-task variant for ``polytask compare``: the base config with these changes.
+
+    ``weighting`` / ``sampling`` / ``architecture`` replace the base config's component when
+    given; ``overrides`` are ``a.b=c`` strings applied after them (e.g. ``train.lr=1e-4``).
+    """
+
+    name: str  # a folder name: letters, digits, '-', '_', '.'
+    weighting: ComponentConfig | None = None
+    sampling: ComponentConfig | None = None
+    architecture: ComponentConfig | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CompareConfig:
+    """``polytask compare``: single-task baselines vs multi-task methods, over seeds.
+
+    See docs/compare.md. ``budget: examples`` gives each single-task model as many examples of
+    its task as the base multi-task config shows it (and methods that draw every task each
+    step get proportionally fewer steps); ``budget: steps`` gives every model ``train.max_steps``.
+    """
+
+    seeds: list[int] | None = None  # default: [seed]
+    budget: Literal["examples", "steps"] = "examples"
+    methods: list[MethodConfig] = field(default_factory=list)  # default: one method, the base config
+    single_overrides: list[str] = field(default_factory=list)  # applied to single-task runs only
+    isolate: bool = True  # each sub-run in a fresh process (exact peak memory, memory returned)
+    inference_examples: int = 256  # dev examples per task for the serving-cost measurement (0: skip)
 
 
 @dataclass
@@ -114,6 +151,7 @@ class Config:
     weighting: ComponentConfig = field(default_factory=lambda: ComponentConfig("equal"))
     sampling: ComponentConfig = field(default_factory=lambda: ComponentConfig("proportional"))
     train: TrainConfig = field(default_factory=TrainConfig)
+    compare: CompareConfig | None = None  # polytask compare only
 
     @property
     def run_dir(self) -> Path:

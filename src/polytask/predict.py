@@ -30,6 +30,7 @@ class Predictor:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         run_dir = Path(run_dir)
+        ckpt.check_format(run_dir)
         for name in ("config.yaml", "vocab.json", "model.safetensors", "tokenizer", "backbone"):
             if not (run_dir / name).exists():
                 raise CheckpointError(f"{run_dir} is not a complete run folder: {name} is missing")

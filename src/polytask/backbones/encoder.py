@@ -40,6 +40,17 @@ def load_encoder(name: str):
         model = AutoModel.from_pretrained(source)
     except OSError as exc:
         raise ConfigError(f"model.backbone: cannot load '{name}' ({source}): {exc}") from exc
+    check_vocab(name, model, tokenizer)
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"model.backbone: '{name}' has no fast tokenizer (needed for word alignment)")
     return model, tokenizer
+
+
+def check_vocab(name: str, model, tokenizer) -> None:
+    """A tokenizer that emits ids beyond the model's embedding table is the wrong tokenizer."""
+    n_embed = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embed:
+        raise ConfigError(
+            f"model.backbone: tokenizer/model mismatch for '{name}': the tokenizer has {len(tokenizer)} "
+            f"tokens but the model's embedding table has {n_embed} rows"
+        )
