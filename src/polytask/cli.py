@@ -120,11 +120,13 @@ def check(
     from polytask.config import load_config
     from polytask.dataset import prepare
     from polytask.backbones.encoder import resolve_backbone
+    from polytask.train import build_components
 
     try:
         cfg = load_config(config, overrides or [])
         resolve_backbone(cfg.model.backbone)
         data = prepare(cfg)
+        build_components(cfg, list(data), [len(td.examples["train"]) for td in data.values()])
     except PolytaskError as exc:
         _fail(exc)
     for name, td in data.items():
@@ -161,6 +163,36 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {'macro':<14} {summary[f'{split}_macro']:.4f}")
     return "\n".join(lines)
 
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="YAML config file (its compare section lists seeds and methods)"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    progress: bool = typer.Option(False, help="Show each sub-run's progress bar"),
+    plan: bool = typer.Option(False, "--plan", help="Print the sub-runs and their budgets; train nothing"),
+    report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from finished sub-runs"),
+) -> None:
+    """Did multi-task learning help? Train single-task baselines and the multi-task methods of
+    CONFIG (finished sub-runs are reused), then write report.md and plots to the run folder."""
+    from polytask import compare as cmp
+    from polytask.config import load_config
+
+    try:
+        cfg = load_config(config, overrides or [])
+        if plan:
+            p = cmp.plan_compare(cfg)
+            for r in p.runs:
+                exp = ", ".join(f"{t}={n:.0f}" for t, n in r.budget["expected_examples"].items())
+                state = "finished" if r.finished else "to train"
+                typer.echo(f"{r.key:<32} {r.budget['max_steps']:>6} steps, eval every {r.budget['eval_every']:<5} "
+                           f"examples: {exp}  [{state}]")
+            for note in p.notes:
+                typer.echo(f"note: {note}")
+            typer.echo(f"budget: {p.budget_rule}; folder: {p.root}")
+            return
+        cmp.run_compare(cfg, progress=progress, echo=typer.echo, train_missing=not report_only)
+    except PolytaskError as exc:
+        _fail(exc)
 
 if __name__ == "__main__":
     app()

@@ -11,7 +11,7 @@ def read_log(path: Path) -> list[dict]:
 
 
 def plot_training(log_path: Path, out_path: Path) -> Path:
-    """Loss per task (left), dev main metric per task (middle), task weights (right)."""
+    """Loss, dev main metric, task weights (top); gradient cosines and norms (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,10 +20,15 @@ def plot_training(log_path: Path, out_path: Path) -> Path:
     events = read_log(log_path)
     train = [e for e in events if e["kind"] == "train"]
     evals = [e for e in events if e["kind"] == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, grid = plt.subplots(2, 3, figsize=(15, 8))
+    axes = grid.flatten()
     _lines(axes[0], train, "loss", "training loss (running mean)")
     _lines(axes[1], evals, "main", "dev main metric")
-    _lines(axes[2], train, "weights", "task weights")
+    _lines(axes[2], train, "weights", "task weights (effective)")
+    _lines(axes[3], train, "cosine", "cosine of task gradients (pairs)")
+    _lines(axes[4], train, "grad_norm", "task gradient norm")
+    axes[4].set_yscale("log") if any(e.get("grad_norm") for e in train) else None
+    axes[5].axis("off")
     if evals:
         axes[1].plot([e["step"] for e in evals], [e["macro"] for e in evals], "k--", label="macro")
         axes[1].legend(fontsize=8)

@@ -182,7 +182,7 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
         "constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
         num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
     )
-    grad_params = balance_params(model, t.grad_space, t.grad_layers) if weighting.needs_grads else None
+    grad_params = balance_params(model, t.grad_space, t.grad_layers)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     log = Events(run_dir / "metrics.jsonl")
     state = LoopState()
@@ -214,33 +214,23 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
             step_cos, fault = None, None
             for _ in range(t.grad_accum):
                 names = list(tasks) if weighting.needs_all_tasks else [sampler.sample(step, t.max_steps)]
-                losses, feats, batches = [], [], {}
-                for name in names:
-                    batches[name] = streams[name].next()
-                    batch = tasks[name].collate([data[name].features["train"][i] for i in batches[name]], pad_id)
-                    out, f = model(batch, name)
-                    losses.append(tasks[name].loss(out, batch))
-                    feats.append(f)
-                bad = [n for n, loss in zip(names, losses) if not torch.isfinite(loss)]
-                if bad:
-                    fault = ("loss", bad[0], batches[bad[0]])
+                indices = {n: streams[n].next() for n in names}
+                batches = {n: tasks[n].collate([data[n].features["train"][i] for i in indices[n]], pad_id)
+                           for n in names}
+                want_gram = len(names) > 1 and (step + 1) % t.log_every == 0
+                result = forward_backward(model, tasks, batches, weighting, t, grad_params, want_gram, t.grad_accum)
+                if result.bad_task is not None:
+                    fault = ("loss", result.bad_task, indices[result.bad_task])
                     break
-                gram = None
-                if weighting.needs_grads or (len(names) > 1 and (step + 1) % t.log_every == 0):
-                    gram = task_gram(losses, t.grad_space, feats, grad_params)
-                    step_cos = cosines(gram)
-                    grad_norms.update(zip(names, gram.diagonal().clamp(min=0).sqrt().tolist()))
-                total, weights = weighting.combine(torch.stack(losses), names, gram if weighting.needs_grads else None)
-                reg = model.arch.regularizer()
-                if reg is not None:
-                    total = total + reg
-                (total / t.grad_accum).backward()
-                for name, loss, w in zip(names, losses, weights.tolist()):
-                    state.update_loss(name, float(loss.detach()))
+                if result.gram is not None:
+                    step_cos = cosines(result.gram)
+                    grad_norms.update(zip(names, result.gram.diagonal().clamp(min=0).sqrt().tolist()))
+                for name, loss, w in zip(names, result.losses, result.weights):
+                    state.update_loss(name, loss)
                     step_weights[name] = w
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
             if fault is None and not torch.isfinite(norm):
-                fault = ("gradient", names[0] if len(names) == 1 else ",".join(names), batches[names[0]])
+                fault = ("gradient", names[0] if len(names) == 1 else ",".join(names), indices[names[0]])
             if len(names) == 1 and t.grad_accum == 1:
                 grad_norms.setdefault(names[0], float(norm))
             if fault is None:
@@ -301,6 +291,42 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
     ckpt.write_json(run_dir / "summary.json", summary)
     plot_training(log.path, run_dir / "training.png")
     return run_dir
+
+
+@dataclass
+class StepResult:
+    losses: list[float]
+    weights: list[float]
+    gram: torch.Tensor | None = None  # (T, T) when task gradients were taken
+    bad_task: str | None = None  # the first task whose loss was not finite (nothing was back-propagated)
+
+
+def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], weighting, t,
+                     grad_params, want_gram: bool = False, accum: int = 1) -> StepResult:
+    """One micro-step: forward each task's batch, combine the losses, back-propagate.
+
+    The weighting method decides the coefficients (from the Gram matrix of the task gradients
+    if it needs them); the architecture's regulariser is added; gradients accumulate in
+    ``.grad`` scaled by ``1/accum``.
+    """
+    names = list(batches)
+    losses, feats = [], []
+    for name in names:
+        out, f = model(batches[name], name)
+        losses.append(tasks[name].loss(out, batches[name]))
+        feats.append(f)
+    for name, loss in zip(names, losses):
+        if not torch.isfinite(loss):
+            return StepResult([], [], bad_task=name)
+    gram = None
+    if weighting.needs_grads or want_gram:
+        gram = task_gram(losses, t.grad_space, feats, grad_params)
+    total, weights = weighting.combine(torch.stack(losses), names, gram if weighting.needs_grads else None)
+    reg = model.arch.regularizer()
+    if reg is not None:
+        total = total + reg
+    (total / accum).backward()
+    return StepResult([float(x.detach()) for x in losses], weights.tolist(), gram)
 
 
 def handle_fault(cfg: Config, state: LoopState, log: Events, fault, data, bar) -> None:
