@@ -1,0 +1,137 @@
+"""Cost of every weighting method relative to equal weighting, on the real MiniLM and 6 tasks.
+
+Each (method, grad_space) runs in its own subprocess so that its peak memory is its own. Every
+step draws one batch of each of the 6 tasks (the same batches for every method: same seeds),
+runs ``polytask.train.forward_backward`` (the trainer's own step) and an optimizer step.
+Prints seconds per step and the peak resident memory during the measured steps (the peak is
+reset after warm-up through /proc/self/clear_refs, Linux), each as a ratio to equal weighting
+measured in the same run.
+
+    python benchmarks/weighting.py --data-dir ../shared/data            # all methods, ~12 min on 2 cores
+    python benchmarks/weighting.py --methods equal uw pcgrad --steps 3  # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TASKS = [
+    {"name": "sst2", "type": "classification", "data": {"train": "sst2/train.jsonl"}},
+    {"name": "cola", "type": "classification", "data": {"train": "cola/train.jsonl"}},
+    {"name": "stsb", "type": "regression", "data": {"train": "stsb/train.jsonl"},
+     "columns": {"text": "text_a", "text_pair": "text_b", "target": "score"}},
+    {"name": "mrpc", "type": "classification", "data": {"train": "mrpc/train.jsonl"},
+     "columns": {"text": "text_a", "text_pair": "text_b"}},
+    {"name": "trec", "type": "classification", "data": {"train": "trec/train.jsonl"}},
+    {"name": "conll", "type": "tagging", "data": {"train": "conll2003/train.conll"}},
+]
+
+
+def child(method: str, space: str, data_dir: str, steps: int, batch_size: int) -> dict:
+    import torch
+
+    from polytask.backbones.encoder import load_encoder
+    from polytask.batching import BatchStream
+    from polytask.config import from_dict
+    from polytask.dataset import encode_all, prepare
+    from polytask.gradients import balance_params
+    from polytask.model import build_model
+    from polytask.train import build_components, forward_backward, make_optimizer, seed_everything
+
+    tasks = [dict(t, data=dict(t["data"], max_train=64 * batch_size)) for t in TASKS]
+    cfg = from_dict({"data_dir": data_dir, "tasks": tasks, "weighting": {"name": method},
+                     "train": {"grad_space": space, "batch_size": batch_size}})
+    data = prepare(cfg, splits=("train",))
+    backbone, tokenizer = load_encoder("minilm")
+    encode_all(data, tokenizer, cfg.model.max_length)
+    seed_everything(0)
+    task_objs = {n: td.task for n, td in data.items()}
+    model = build_model(cfg, backbone, task_objs)
+    weighting, _ = build_components(cfg, list(task_objs), [1] * len(task_objs))
+    optimizer = make_optimizer(cfg, model, weighting)
+    streams = {n: BatchStream([len(f["input_ids"]) for f in data[n].features["train"]], batch_size, i)
+               for i, n in enumerate(task_objs)}
+    grad_params = balance_params(model, space, cfg.train.grad_layers)
+    model.train()
+
+    def step():
+        batches = {n: task_objs[n].collate([data[n].features["train"][i] for i in streams[n].next()], 0)
+                   for n in task_objs}
+        forward_backward(model, task_objs, batches, weighting, cfg.train, grad_params)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocations, lazy init)
+    reset_peak_rss()  # the peak of loading the model must not hide the peak of the steps
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - started) / steps
+    return {"method": method, "space": space, "sec_per_step": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    from polytask.weighting import REGISTRY
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--methods", nargs="*", default=list(REGISTRY))
+    ap.add_argument("--spaces", nargs="*", default=["representation", "last_layers"])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--child", nargs=2, metavar=("METHOD", "SPACE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, args.data_dir, args.steps, args.batch_size)))
+        return
+    methods = ["equal"] + [m for m in args.methods if m != "equal"]
+    rows = []
+    for space in args.spaces:
+        for method in methods:
+            cmd = [sys.executable, __file__, "--child", method, space, "--data-dir", args.data_dir,
+                   "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{method}/{space} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  measured {method:<11} {space:<14} {r['sec_per_step']:.2f} s/step  {r['peak_rss_mb']:.0f} MB",
+                  file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | grad space | s/step | x equal | peak RSS (MB) | x equal |", "|---|---|---|---|---|---|"]
+    for space in dict.fromkeys(r["space"] for r in rows):
+        base = next((r for r in rows if r["space"] == space and r["method"] == "equal"), None)
+        for r in (r for r in rows if r["space"] == space):
+            t = r["sec_per_step"] / base["sec_per_step"] if base else float("nan")
+            m = r["peak_rss_mb"] / base["peak_rss_mb"] if base else float("nan")
+            lines.append(f"| {r['method']} | {space} | {r['sec_per_step']:.2f} | {t:.2f} | {r['peak_rss_mb']:.0f} | {m:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
