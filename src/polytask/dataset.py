@@ -65,13 +65,18 @@ def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData
     for tc in cfg.tasks:
         task = build_task(tc)
         data = TaskData(task)
+        train_readable = True
         for split in splits:
-            if getattr(tc.data, split) is None and not (tc.data.format == "synthetic"):
+            if getattr(tc.data, split) is None and tc.data.format != "synthetic":
                 if split == "train":
-                    problems.append(DataProblem(f"<config tasks[{tc.name}]>", None, "data.train", "no training data configured"))
+                    problems.append(DataProblem(f"<config tasks[{tc.name}]>", None, "data.train",
+                                                "no training data configured"))
+                    train_readable = False
                 continue
             records, found = read_split(cfg, tc, split)
             problems += found
+            if split == "train" and found:
+                train_readable = False  # already reported; "no examples" would say it twice
             examples = []
             for rec in records:
                 ex, bad = task.parse(rec)
@@ -80,7 +85,7 @@ def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData
                     examples.append(ex)
             data.examples[split] = examples
         train = data.examples.get("train", [])
-        if "train" in splits and not train and not any(p.file.endswith(str(tc.data.train)) for p in problems):
+        if "train" in splits and not train and train_readable:
             problems.append(DataProblem(str(resolve_path(cfg, tc, "train")), None, None,
                                         f"task '{tc.name}' has no training examples"))
         if train:
