@@ -3,6 +3,17 @@
 An architecture owns the forward pass up to the task heads. It declares which parameters are
 shared and which belong to one task (gradient methods take gradients in the shared ones), and
 may add a regulariser to the loss (soft sharing's distance penalty).
+
+Contract for an architecture (see tests/architectures/):
+- it is built from ``(backbone, tasks, **args)`` alone and deterministically: a saved run is
+  rebuilt from the backbone's config and the YAML arguments, then its weights are loaded
+  strictly, so the parameter names and shapes may depend on nothing else;
+- it owns the backbone and may change it (insert adapters, replace the top blocks), but keeps
+  model-family knowledge in :mod:`polytask.backbones.layout`;
+- ``forward(batch, task)`` returns :class:`Features` for a batch of ONE task; ``shared`` is a
+  tensor in the graph of every task's loss where representation gradients are taken;
+- ``shared_parameters()`` and ``task_parameters(task)`` partition the trainable parameters of
+  the architecture by ownership (heads live in the model).
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.backbones.layout import transformer_blocks
+from polytask.errors import ConfigError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -49,7 +61,21 @@ class Architecture(nn.Module):
         """Shared parameters of the top ``k`` transformer blocks (for ``grad_space: last_layers``)."""
         blocks = transformer_blocks(self.backbone)
         shared = {id(p) for p in self.shared_parameters()}
-        return [p for b in blocks[-k:] for p in b.parameters() if id(p) in shared]
+        return self._nonempty([p for b in blocks[-k:] for p in b.parameters() if id(p) in shared], k)
+
+    def _nonempty(self, params: list[nn.Parameter], k: int) -> list[nn.Parameter]:
+        if not params:
+            raise ConfigError(
+                f"train.grad_space=last_layers: architecture {type(self).__name__} has no trainable shared "
+                f"parameters in its top {k} shared block(s); use train.grad_space=representation"
+            )
+        return params
+
+    def task_index(self, task: str) -> int:
+        try:
+            return self.tasks.index(task)
+        except ValueError:
+            raise KeyError(f"unknown task '{task}'; this architecture has: {', '.join(self.tasks)}") from None
 
     def regularizer(self) -> Tensor | None:
         return None
