@@ -72,3 +72,16 @@ def test_good_data_prepares(tmp_path):
     data = prepare(cfg)
     assert len(data["x"].examples["train"]) == 4 and len(data["x"].examples["dev"]) == 10
     assert data["x"].task.labels == ["0", "1"]
+
+
+def test_hugging_face_datasets_with_local_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    write(tmp_path / "tr.jsonl", [json.dumps({"sentence": f"s{i}", "gold": "ab"[i % 2]}) for i in range(6)])
+    write(tmp_path / "va.jsonl", [json.dumps({"sentence": "v", "gold": "a"})])
+    cfg = from_dict({"data_dir": str(tmp_path), "tasks": [{
+        "name": "x", "type": "classification", "columns": {"text": "sentence", "label": "gold"},
+        "data": {"format": "hf", "dataset": "json", "train": "train", "dev": "validation",
+                 "data_files": {"train": "tr.jsonl", "validation": "va.jsonl"}}}]})
+    data = prepare(cfg, splits=("train", "dev"))
+    assert len(data["x"].examples["train"]) == 6 and data["x"].task.labels == ["a", "b"]
+    assert data["x"].examples["dev"][0].source == "hf:json:validation:1"

@@ -33,6 +33,7 @@ class DataConfig:
     test: str | None = None
     dataset: str | None = None  # hf: datasets name ("glue", "json", ...); synthetic: demo task name
     hf_config: str | None = None
+    data_files: dict[str, str] | None = None  # hf with a local builder (json/csv): split -> file
     max_train: int | None = None  # keep the first N training examples
     max_eval: int | None = None  # keep the first N dev/test examples
     delimiter: str | None = None  # CSV/TSV override

@@ -45,9 +45,11 @@ def read_split(cfg: Config, tc: TaskConfig, split: str) -> tuple[list[Record], l
         n = limit or {"train": 600, "dev": 200, "test": 200}[split]
         return synthetic_records(tc.data.dataset or tc.name, split, n, seed=cfg.seed), []
     if tc.data.format == "hf":
-        return read_records(
-            tc.data.dataset or "", "hf", split=where, config_name=tc.data.hf_config, max_examples=limit
-        )
+        files = tc.data.data_files
+        if files:  # local files through a datasets builder: paths relative to data_dir
+            files = {k: str(Path(cfg.data_dir) / v) if not Path(v).is_absolute() else v for k, v in files.items()}
+        return read_records(tc.data.dataset or "", "hf", split=where, config_name=tc.data.hf_config,
+                            data_files=files, max_examples=limit)
     if not Path(where).exists():
         origin = f"tasks[{tc.name}].data.{split}"
         hint = f" (relative to data_dir={cfg.data_dir!r})" if not Path(getattr(tc.data, split)).is_absolute() else ""
