@@ -56,15 +56,24 @@ class TaskConfig:
     main_metric: str | None = None  # default per type: accuracy, micro_f1, pearson, f1
     head_dropout: float = 0.1
     label_separator: str = ","  # multilabel: labels in one string are split on this
+    # generation (text-to-text, model.kind: causal_lm; docs/llm.md):
+    prompt: str | None = None  # format string over the record's fields, e.g. "Summarize:\n{text}\n"
+    target: str | None = None  # column of the target text (default: columns.target, else "target")
+    chat_template: bool = True  # wrap the prompt in the tokenizer's chat template when it has one
+    system: str | None = None  # the chat template's system message (None: the template's default)
+    max_new_tokens: int = 32  # decoding length (training targets are cut to it)
+    num_beams: int = 1  # 1: greedy decoding; >1: beam search
+    packing: bool = False  # pack several training examples into one sequence (no cross-attention)
 
 
 @dataclass
 class ModelConfig:
     """The shared backbone: a hub name, a local folder, or ``minilm`` (the packaged MiniLM)."""
 
-    backbone: str = "minilm"
+    backbone: str = "minilm"  # with kind causal_lm, the encoder default means smollm2 (SmolLM2-135M)
     max_length: int = 128  # truncation only; batches are padded to their own longest example
     dtype: Literal["float32", "bfloat16"] = "float32"
+    kind: Literal["encoder", "causal_lm"] = "encoder"  # causal_lm: a decoder LLM (docs/llm.md)
 
 
 @dataclass
@@ -319,6 +328,11 @@ def validate(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: {key}: must be positive, got {value}")
     if not 0 <= cfg.train.warmup_ratio < 1:
         raise ConfigError(f"{source}: train.warmup_ratio: must be in [0, 1)")
+    if cfg.model.kind == "causal_lm" and cfg.model.backbone == "minilm":  # the encoder default: unset
+        cfg.model.backbone = "smollm2"
+    for i, task in enumerate(cfg.tasks):
+        if task.max_new_tokens <= 0 or task.num_beams <= 0:
+            raise ConfigError(f"{source}: tasks[{i}]: max_new_tokens and num_beams must be positive")
 
 
 def _join(path: str, key: str) -> str:

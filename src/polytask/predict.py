@@ -41,7 +41,12 @@ class Predictor:
             task = build_task(tc)
             task.load_vocab_state(vocab[tc.name])
             tasks[tc.name] = task
-        backbone = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / "backbone"))
+        if cfg.model.kind == "causal_lm":  # LoRA runs hold adapters only: the base comes from its source
+            from polytask.architectures.causal_lm import rebuild_backbone
+
+            backbone = rebuild_backbone(cfg, run_dir)
+        else:
+            backbone = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / "backbone"))
         model = build_model(cfg, backbone, tasks)
         ckpt.load_weights(model, run_dir / "model.safetensors")
         model.eval()

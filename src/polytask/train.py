@@ -165,7 +165,12 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
 
     # --- data and model ------------------------------------------------------------------
     data = prepare(cfg)  # raises DataError listing every problem before anything is built
-    backbone, tokenizer = load_encoder(cfg.model.backbone)
+    if cfg.model.kind == "causal_lm":  # a decoder LLM for generation tasks (docs/llm.md)
+        from polytask.backbones.causal_lm import load_causal_lm
+
+        backbone, tokenizer = load_causal_lm(cfg.model.backbone, cfg.model.dtype)
+    else:
+        backbone, tokenizer = load_encoder(cfg.model.backbone)
     encode_all(data, tokenizer, cfg.model.max_length)
     tasks = {name: td.task for name, td in data.items()}
     seed_everything(cfg.seed)  # heads are initialised the same whatever loading consumed

@@ -12,6 +12,7 @@ from torch import nn
 
 from polytask.architectures.adapters import Adapters
 from polytask.architectures.base import Architecture, Features
+from polytask.architectures.causal_lm import CausalLM
 from polytask.architectures.cross_stitch import CrossStitch
 from polytask.architectures.hard import HardSharing
 from polytask.architectures.mmoe import MMoE
@@ -29,6 +30,7 @@ REGISTRY: dict[str, type[Architecture]] = {
     "mmoe": MMoE,
     "ple": PLE,
     "adapters": Adapters,
+    "causal_lm": CausalLM,  # decoder LLM for generation tasks (docs/llm.md)
 }
 
 

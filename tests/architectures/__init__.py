@@ -1,0 +1,1 @@
+"""Sharing architectures: defining behaviour, ownership, save/load, and short training runs."""

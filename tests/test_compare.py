@@ -1,0 +1,304 @@
+"""polytask compare: Delta-m on known numbers, budget planning and accounting, resume, report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from polytask.compare import (SINGLE, config_differences, delta_m_defined, exposure, plan_compare,
+                              relative_changes, replay, run_compare, throughput, train_lengths)
+from polytask.compare_report import format_table, verdicts
+from polytask.config import from_dict, to_dict
+from polytask.errors import ConfigError
+from polytask.metrics import delta_m
+
+from conftest import demo_tasks, tiny_config
+
+# ---------------------------------------------------------------------------------------------
+# Delta-m
+
+
+def test_delta_m_known_numbers():
+    hib = {"acc": True, "f1": True}
+    # +10% and -5% -> mean +2.5%
+    assert delta_m({"acc": 0.88, "f1": 0.57}, {"acc": 0.80, "f1": 0.60}, hib) == pytest.approx(2.5)
+    assert delta_m({"acc": 0.80, "f1": 0.60}, {"acc": 0.80, "f1": 0.60}, hib) == 0.0
+
+
+def test_delta_m_lower_is_better_flips_sign():
+    hib = {"acc": True, "mse": False}
+    # accuracy 0.90 -> 0.90 (0%); MSE 0.50 -> 0.40 is 20% lower: an improvement of +20% -> +10% overall
+    assert delta_m({"acc": 0.9, "mse": 0.4}, {"acc": 0.9, "mse": 0.5}, hib) == pytest.approx(10.0)
+    # MSE going up is a loss
+    assert delta_m({"acc": 0.9, "mse": 0.6}, {"acc": 0.9, "mse": 0.5}, hib) == pytest.approx(-10.0)
+
+
+def test_delta_m_negative_baseline_keeps_sign_meaning():
+    # Matthews correlation -0.10 -> +0.05 is better: relative change +150%
+    assert delta_m({"cola": 0.05}, {"cola": -0.10}, {"cola": True}) == pytest.approx(150.0)
+
+
+def test_relative_changes_and_zero_baseline_excluded():
+    hib = {"a": True, "b": True, "c": False}
+    single = {"a": 0.5, "b": 0.0, "c": 2.0}
+    mtl = {"a": 0.55, "b": 0.2, "c": 1.0}
+    rel = relative_changes(mtl, single, hib)
+    assert rel["a"] == pytest.approx(10.0) and rel["c"] == pytest.approx(50.0) and math.isnan(rel["b"])
+    value, excluded = delta_m_defined(mtl, single, hib)
+    assert excluded == ["b"] and value == pytest.approx(30.0)
+    value, excluded = delta_m_defined({"b": 0.3}, {"b": 0.0}, {"b": True})
+    assert math.isnan(value) and excluded == ["b"]
+
+
+def test_verdict_target_rule():
+    results = {"methods": ["m1", "m2"], "delta_m": {
+        "m1": {"test": {"mean": 3.0, "per_task": {"a": {"mean": 9.0}, "b": {"mean": -6.0}}}, "dev": {"mean": 2.0}},
+        "m2": {"test": {"mean": 1.5, "per_task": {"a": {"mean": 2.0}, "b": {"mean": 1.0}}}, "dev": {"mean": 1.0}},
+    }}
+    v = verdicts(results)
+    assert not v["m1"]["meets_target"] and v["m1"]["below"] == ["b"] and v["m1"]["worst_task"] == "b"
+    assert v["m2"]["meets_target"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets
+
+
+def two_task_raw(backbone, out_dir, **compare):
+    raw = tiny_config(backbone, out_dir, max_steps=40, batch_size=8, eval_every=10, log_every=2)
+    raw["name"] = "cmp"
+    raw["tasks"] = demo_tasks(n_train=96, n_eval=24)[:2]  # sentiment, topic (classification)
+    raw["compare"] = compare
+    return raw
+
+
+SIZES = {"sentiment": 300, "topic": 100}
+
+
+def test_examples_budget_gives_each_single_task_its_share(tmp_path):
+    raw = two_task_raw("minilm", tmp_path, methods=[
+        {"name": "prop"},
+        {"name": "famo", "weighting": {"name": "famo"}},
+        {"name": "temp", "sampling": {"name": "temperature", "args": {"T": 100}}},
+        {"name": "fixed", "weighting": {"name": "famo"}, "overrides": ["train.max_steps=30"]},
+    ])
+    plan = plan_compare(from_dict(raw), sizes=SIZES)
+    runs = {r.key: r for r in plan.runs}
+    assert len(plan.runs) == 2 + 4
+    # proportional sampling: 3/4 of 40 steps of 8 examples are sentiment -> 240 examples = 30 steps
+    assert runs["single/sentiment/seed3"].budget["max_steps"] == 30
+    assert runs["single/topic/seed3"].budget["max_steps"] == 10
+    assert runs["single/sentiment/seed3"].budget["expected_examples"] == {"sentiment": pytest.approx(240)}
+    assert runs["prop/seed3"].budget["expected_examples"] == {"sentiment": pytest.approx(240),
+                                                              "topic": pytest.approx(80)}
+    # every model gets the same number of dev evaluations
+    assert {r.budget["evaluations"] for r in plan.runs} == {4}
+    # FAMO draws both tasks every step: half the steps, same total examples (320)
+    assert runs["famo/seed3"].budget["max_steps"] == 20
+    assert sum(runs["famo/seed3"].budget["expected_examples"].values()) == pytest.approx(320)
+    # temperature sampling keeps the steps but spreads the examples more evenly
+    temp = runs["temp/seed3"].budget
+    assert temp["max_steps"] == 40 and temp["expected_examples"]["topic"] > 80
+    # an explicit max_steps override wins, and the plan says why steps changed
+    assert runs["fixed/seed3"].budget["max_steps"] == 30
+    assert any("famo" in n for n in plan.notes)
+    # single-task runs are plain fine-tuning of one task, in their own folders
+    single = runs["single/topic/seed3"].cfg
+    assert [t.name for t in single.tasks] == ["topic"] and single.weighting.name == "equal"
+    assert single.compare is None and single.run_dir == tmp_path / "cmp" / SINGLE / "topic" / "seed3"
+
+
+def test_steps_budget_and_seeds(tmp_path):
+    raw = two_task_raw("minilm", tmp_path, budget="steps", seeds=[1, 2],
+                       methods=[{"name": "uw", "weighting": {"name": "uw"}}])
+    plan = plan_compare(from_dict(raw), sizes=SIZES)
+    assert len(plan.runs) == 2 * (2 + 1)
+    assert {r.budget["max_steps"] for r in plan.runs} == {40}
+    assert {r.seed for r in plan.runs} == {1, 2} and {r.cfg.seed for r in plan.runs} == {1, 2}
+
+
+def test_plan_rejects_bad_method_names(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate method"):
+        plan_compare(from_dict(two_task_raw("minilm", tmp_path, methods=[{"name": "a"}, {"name": "a"}])), sizes=SIZES)
+    with pytest.raises(ConfigError, match="folder name"):
+        plan_compare(from_dict(two_task_raw("minilm", tmp_path, methods=[{"name": "single"}])), sizes=SIZES)
+    with pytest.raises(ConfigError, match="compare.seeds"):
+        plan_compare(from_dict(two_task_raw("minilm", tmp_path, seeds=[1, 1])), sizes=SIZES)
+
+
+def test_exposure_needs_all_tasks(tmp_path):
+    cfg = from_dict({**two_task_raw("minilm", tmp_path), "weighting": {"name": "famo"}})
+    assert exposure(cfg, SIZES) == {"sentiment": 8.0, "topic": 8.0}
+
+
+def test_throughput_skips_intervals_with_evaluation():
+    # 6 steps, one example each; eval after step 2 (its 100 s are in the interval 2 -> 4)
+    events = [{"kind": "train", "step": 2, "elapsed": 2.0}, {"kind": "eval", "step": 2},
+              {"kind": "train", "step": 4, "elapsed": 104.0}, {"kind": "train", "step": 6, "elapsed": 106.0}]
+    out = throughput(events, [1] * 6, [10] * 6, 106.0)
+    assert out["samples_per_s"] == pytest.approx(1.0) and out["tokens_per_s"] == pytest.approx(10.0)
+    assert out["measured_seconds"] == pytest.approx(4.0)
+
+
+def test_config_differences_ignore_location():
+    a = {"name": "x", "data_dir": "a", "train": {"lr": 1e-3, "num_threads": None}, "tasks": [{"name": "t"}]}
+    b = {"name": "y", "data_dir": "b", "train": {"lr": 2e-3, "num_threads": 4}, "tasks": [{"name": "t"}]}
+    assert config_differences(a, b) == ["train.lr"]
+
+
+def test_replay_matches_what_training_drew(tiny_backbone, tmp_path, monkeypatch):
+    """The replayed examples/tokens per task equal the batches the trainer actually took."""
+    import polytask.train as train_mod
+    from polytask.batching import BatchStream
+
+    drawn: list[tuple[int, int]] = []  # (stream seed, batch size) in draw order
+
+    class Counting(BatchStream):
+        def next(self):
+            idx = super().next()
+            drawn.append((self.seed, len(idx), sum(self.lengths[i] for i in idx)))
+            return idx
+
+    monkeypatch.setattr(train_mod, "BatchStream", Counting)
+    raw = two_task_raw(tiny_backbone, tmp_path)
+    raw["train"].update(max_steps=14, eval_every=7, grad_accum=2)
+    raw["sampling"] = {"name": "annealed"}
+    cfg = from_dict(raw)
+    train_mod.train(cfg, progress=False)
+    rep = replay(cfg, train_lengths(cfg), 14)
+    seeds = {cfg.seed + i: n for i, n in enumerate(rep["tasks"])}
+    for j, name in enumerate(rep["tasks"]):
+        assert sum(row[j] for row in rep["examples"]) == sum(n for s, n, _ in drawn if seeds[s] == name)
+        assert sum(row[j] for row in rep["tokens"]) == sum(t for s, _, t in drawn if seeds[s] == name)
+    assert sum(map(sum, rep["examples"])) == 14 * 2 * 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Running, resuming, reporting
+
+
+def mtimes(root):
+    return {p: p.stat().st_mtime_ns for p in sorted(root.rglob("summary.json"))}
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_backbone, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    raw = two_task_raw(tiny_backbone, out, isolate=False, inference_examples=8,
+                       methods=[{"name": "ew"}, {"name": "uw", "weighting": {"name": "uw"}}])
+    raw["train"].update(max_steps=12, eval_every=6, log_every=2)
+    lines: list[str] = []
+    root = run_compare(from_dict(raw), echo=lines.append)
+    return raw, root, lines
+
+
+def test_compare_writes_report(compared):
+    raw, root, lines = compared
+    for name in ("report.md", "results.json", "plan.json", "compare.yaml", "inference.json",
+                 "metrics.png", "delta_m.png", "curves.png"):
+        assert (root / name).exists(), name
+    for sub in ("single/sentiment/seed3", "single/topic/seed3", "mtl/ew/seed3", "mtl/uw/seed3"):
+        assert (root / sub / "summary.json").exists(), sub
+        assert (root / sub / "resources.json").exists(), sub
+    results = json.loads((root / "results.json").read_text())
+    for m in ("single", "ew", "uw"):
+        for t in ("sentiment", "topic"):
+            assert math.isfinite(results["table"][m]["test"][t]["mean"])
+    for m in ("ew", "uw"):
+        assert "mean" in results["delta_m"][m]["test"]
+    eff = results["efficiency"]
+    assert eff["single"]["trainable_params"]["mean"] > eff["ew"]["trainable_params"]["mean"]
+    assert eff["ew"]["samples_per_s"]["mean"] > 0 and eff["ew"]["peak_rss_mb"]["mean"] > 0
+    # the examples budget holds exactly: each single-task model saw what the ew model was planned to show it
+    assert sum(eff["single"]["examples_seen"][t]["mean"] for t in ("sentiment", "topic")) == 12 * 8
+    assert sum(eff["ew"]["examples_seen"][t]["mean"] for t in ("sentiment", "topic")) == 12 * 8
+    assert results["inference"]["single"]["models"] == 2 and results["inference"]["ew"]["models"] == 1
+    assert results["inference"]["single"]["params_served"] > results["inference"]["ew"]["params_served"]
+    report = (root / "report.md").read_text()
+    assert "Delta-m" in report and "| sentiment |" in report and "![delta_m](delta_m.png)" in report
+    table = format_table(results)
+    assert "sentiment" in table and "Delta-m" in table
+    assert any("trained" in line for line in lines)
+
+
+def test_compare_resume_trains_nothing_again(compared):
+    raw, root, _ = compared
+    before = mtimes(root)
+    assert len(before) == 4
+    lines: list[str] = []
+    run_compare(from_dict(raw), echo=lines.append)
+    assert mtimes(root) == before
+    assert not any("trained" in line or "resumed" in line for line in lines)
+
+
+def test_compare_retrains_only_the_missing_sub_run(compared):
+    raw, root, _ = compared
+    before = mtimes(root)
+    victim = root / "single" / "topic" / "seed3" / "summary.json"
+    victim.unlink()
+    lines: list[str] = []
+    run_compare(from_dict(raw), echo=lines.append)
+    after = mtimes(root)
+    assert victim.exists()
+    assert {p: t for p, t in after.items() if p != victim} == {p: t for p, t in before.items() if p != victim}
+    redone = [line for line in lines if "trained" in line or "resumed" in line]
+    assert len(redone) == 1 and "single/topic/seed3" in redone[0]  # (from its last checkpoint)
+
+
+def test_compare_adds_a_method_without_retraining(compared):
+    raw, root, _ = compared
+    before = mtimes(root)
+    raw2 = json.loads(json.dumps(raw))
+    raw2["compare"]["methods"].append({"name": "temp", "sampling": {"name": "temperature", "args": {"T": 3}}})
+    lines: list[str] = []
+    run_compare(from_dict(raw2), echo=lines.append)
+    after = mtimes(root)
+    assert {p: after[p] for p in before} == before and len(after) == len(before) + 1
+    results = json.loads((root / "results.json").read_text())
+    assert results["methods"] == ["ew", "uw", "temp"]
+
+
+def test_compare_refuses_a_changed_config(compared):
+    raw, root, _ = compared
+    raw2 = json.loads(json.dumps(raw))
+    raw2["train"]["lr"] = 5e-4
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_compare(from_dict(raw2), echo=lambda s: None)
+    # a moved data folder is not a different experiment
+    raw3 = json.loads(json.dumps(raw))
+    raw3["train"]["num_threads"] = 1
+    run_compare(from_dict(raw3), echo=lambda s: None, train_missing=False)
+
+
+def test_compare_isolated_sub_runs(tiny_backbone, tmp_path):
+    """Default mode: each sub-run trains in its own process and records that process's peak memory."""
+    raw = two_task_raw(tiny_backbone, tmp_path, inference_examples=0)
+    raw["tasks"] = raw["tasks"][:1]
+    raw["train"].update(max_steps=4, eval_every=4, log_every=2)
+    root = run_compare(from_dict(raw), echo=lambda s: None)
+    res = json.loads((root / "single" / "sentiment" / "seed3" / "resources.json").read_text())
+    assert res["peak_rss_method"].startswith("peak RSS of the sub-run's own process") and res["peak_rss_mb"] > 50
+    assert (root / "mtl" / "mtl" / "seed3" / "summary.json").exists()  # default method: the base config
+
+
+def test_cli_compare_plan(tiny_backbone, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from polytask.cli import app
+
+    raw = two_task_raw(tiny_backbone, tmp_path, methods=[{"name": "ew"}])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["compare", str(path), "--plan", "train.max_steps=20"])
+    assert result.exit_code == 0, result.output
+    assert "single/topic/seed3" in result.output and "to train" in result.output
+    assert not (tmp_path / "cmp" / "single").exists()
+
+
+def test_sub_run_config_round_trips(tmp_path):
+    plan = plan_compare(from_dict(two_task_raw("minilm", tmp_path, methods=[{"name": "ew"}])), sizes=SIZES)
+    for r in plan.runs:
+        assert from_dict(to_dict(r.cfg)) == r.cfg
