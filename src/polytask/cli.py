@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -193,6 +192,19 @@ def compare(
         cmp.run_compare(cfg, progress=progress, echo=typer.echo, train_missing=not report_only)
     except PolytaskError as exc:
         _fail(exc)
+
+
+@app.command("export-adapter")
+def export_adapter(
+    run_dir: Path = typer.Argument(..., help="A run folder trained with architecture 'adapters'"),
+    task: str = typer.Option(..., "--task", help="The task whose adapter to export"),
+    out: Path = typer.Option(..., "--out", help="Output folder (created)"),
+) -> None:
+    """Export one task's adapter (PEFT format for LoRA) and head from an adapters run."""
+    from polytask.architectures.adapters import export_adapter_command
+
+    export_adapter_command(run_dir, task, out)
+
 
 if __name__ == "__main__":
     app()
