@@ -50,9 +50,31 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     return sorted(rows, key=lambda r: r[0])
 
 
-def layout(lengths: list[int], capacity: int) -> tuple[list[list[int]], list[tuple[int, int]]]:
-    """Rows of example indices and, per example, its ``(row, start)`` in the packed batch."""
+def balanced_pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """As few rows as :func:`pack` with ``capacity``, with the examples spread evenly over them.
+
+    A batch is as wide as its longest row, so a last, half-empty row is padding. With the row
+    count of :func:`pack`, examples are placed longest first, each in the currently shortest
+    row (LPT scheduling, Graham 1969: the longest row is within 4/3 of the best possible);
+    if that would overfill a row, the first-fit rows are kept.
+    """
     rows = pack(lengths, capacity)
+    if len(rows) < 2:
+        return rows
+    even: list[list[int]] = [[] for _ in rows]
+    load = [0] * len(rows)
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(len(rows)), key=lambda r: (load[r], r))
+        even[r].append(i)
+        load[r] += lengths[i]
+    if max(load) > capacity or max(load) >= max(sum(lengths[i] for i in r) for r in rows):
+        return rows
+    return sorted((sorted(r) for r in even), key=lambda r: r[0])
+
+
+def layout(lengths: list[int], capacity: int) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Rows of example indices (:func:`balanced_pack`) and, per example, its ``(row, start)``."""
+    rows = balanced_pack(lengths, capacity)
     where: list[tuple[int, int]] = [(0, 0)] * len(lengths)
     for r, members in enumerate(rows):
         start = 0
@@ -101,4 +123,4 @@ def padding_fraction(lengths: list[int], rows: list[list[int]] | None = None) ->
     return 1.0 - sum(lengths) / total
 
 
-__all__ = ["block_causal_mask", "layout", "pack", "padding_fraction", "segment_tensors"]
+__all__ = ["balanced_pack", "block_causal_mask", "layout", "pack", "padding_fraction", "segment_tensors"]

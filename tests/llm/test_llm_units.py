@@ -11,7 +11,7 @@ from polytask.architectures import build_architecture
 from polytask.config import TaskConfig
 from polytask.data.records import Record
 from polytask.errors import CheckpointError, ConfigError
-from polytask.packing import block_causal_mask, pack, padding_fraction
+from polytask.packing import balanced_pack, block_causal_mask, pack, padding_fraction
 from polytask.tasks import build_task
 from polytask.tasks.generation import IGNORE, GenerationTask
 
@@ -146,6 +146,8 @@ def test_pack_is_first_fit_decreasing_and_complete():
     assert sorted(i for r in rows for i in r) == list(range(6))
     assert all(sum(lengths[i] for i in r) <= 12 for r in rows) and len(rows) == 3
     assert padding_fraction(lengths, rows) < padding_fraction(lengths)
+    even = balanced_pack([10, 10, 10, 10, 10], 40)  # pack: rows of 40 + 10; balanced: 30 + 20
+    assert len(even) == 2 and max(sum(10 for _ in r) for r in even) == 30
     mask = block_causal_mask(torch.tensor([[1, 1, 2, 2, 2, 0]]))
     allowed = (mask[0, 0] == 0).int().tolist()
     assert allowed[1] == [1, 1, 0, 0, 0, 0] and allowed[4] == [0, 0, 1, 1, 1, 0] and allowed[5] == [0] * 5 + [1]
