@@ -9,7 +9,8 @@ prompts (long) from ``--data`` (default ``../shared/data``). The model is ``--ba
 ``causal_lm`` architecture with ``--peft`` (default ``task_lora``).
 
 Training: ``--steps`` optimizer steps of ``--batch-size`` examples each (after one warm-up
-step), the same examples for every layout:
+step), the same examples for every layout, the layouts' steps interleaved so that changes in
+machine load hit them alike:
 
 - ``padded (random)``: batches in data order, each padded to its longest example
   (``train.length_grouping: false``);
@@ -87,29 +88,32 @@ def batches_for(layout: str, feats: list[dict], batch_size: int, steps: int, see
     return out
 
 
-def train_speed(arch, task, feats, pad_id: int, layout: str, args) -> dict:
-    task.cfg.packing = layout == "packed"
+def train_speeds(arch, task, feats, pad_id: int, layouts: tuple[str, ...], args) -> list[dict]:
+    """Steps of the layouts interleaved (step k of every layout, then step k+1), so that a
+    change in machine load affects every layout alike; the first step of each is a warm-up."""
     params = [p for p in arch.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    plan = batches_for(layout, feats, args.batch_size, args.steps + 1)
+    plans = {lay: batches_for(lay, feats, args.batch_size, args.steps + 1) for lay in layouts}
+    stats = {lay: {"real": 0, "padded": 0, "seconds": 0.0} for lay in layouts}
     arch.train()
-    real = padded = 0
-    elapsed = 0.0
-    for k, ids in enumerate(plan):
-        batch = task.collate([feats[i] for i in ids], pad_id)
-        start = time.perf_counter()
-        loss = task.loss(arch(batch, task.name).hidden, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if k == 0:  # warm-up step: allocator, kernels
-            continue
-        elapsed += time.perf_counter() - start
-        real += int(batch["attention_mask"].sum())
-        padded += batch["input_ids"].numel()
+    for k in range(args.steps + 1):
+        for lay in layouts:
+            task.cfg.packing = lay == "packed"
+            batch = task.collate([feats[i] for i in plans[lay][k]], pad_id)
+            start = time.perf_counter()
+            loss = task.loss(arch(batch, task.name).hidden, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if k == 0:  # warm-up step: allocator, kernels
+                continue
+            st = stats[lay]
+            st["seconds"] += time.perf_counter() - start
+            st["real"] += int(batch["attention_mask"].sum())
+            st["padded"] += batch["input_ids"].numel()
     task.cfg.packing = False
-    return {"layout": layout, "tokens_per_s": real / elapsed, "pad_share": 1 - real / padded,
-            "seconds": elapsed, "tokens": real}
+    return [{"layout": lay, "tokens_per_s": st["real"] / st["seconds"], "pad_share": 1 - st["real"] / st["padded"],
+             "seconds": st["seconds"], "tokens": st["real"]} for lay, st in stats.items()]
 
 
 def generation_speed(arch, task, feats, tok, args) -> dict:
@@ -157,10 +161,10 @@ def main(argv=None) -> None:
     results = {"train": [], "generate": None, "args": vars(args)}
     print(f"\ntraining on SST-2 as generation, {args.steps} steps of {args.batch_size} examples:")
     print(f"{'layout':<18} {'tokens/s':>9} {'pad share':>10} {'seconds':>8}")
-    for layout in ("padded (random)", "padded (grouped)", "packed"):
-        r = train_speed(arch, tasks["sst2"], feats["sst2"], tok.pad_token_id, layout, args)
+    layouts = ("padded (random)", "padded (grouped)", "packed")
+    for r in train_speeds(arch, tasks["sst2"], feats["sst2"], tok.pad_token_id, layouts, args):
         results["train"].append(r)
-        print(f"{layout:<18} {r['tokens_per_s']:>9.0f} {r['pad_share']:>10.1%} {r['seconds']:>8.1f}")
+        print(f"{r['layout']:<18} {r['tokens_per_s']:>9.0f} {r['pad_share']:>10.1%} {r['seconds']:>8.1f}")
     g = generation_speed(arch, tasks["bbc"], feats["bbc"], tok, args)
     results["generate"] = g
     print(f"\ngeneration (greedy, KV cache, batch {g['batch']}, <= {args.new_tokens} new tokens, BBC prompts): "

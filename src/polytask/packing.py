@@ -51,25 +51,30 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def balanced_pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """As few rows as :func:`pack` with ``capacity``, with the examples spread evenly over them.
+    """Rows of at most ``capacity`` tokens that waste the least padding.
 
-    A batch is as wide as its longest row, so a last, half-empty row is padding. With the row
-    count of :func:`pack`, examples are placed longest first, each in the currently shortest
-    row (LPT scheduling, Graham 1969: the longest row is within 4/3 of the best possible);
-    if that would overfill a row, the first-fit rows are kept.
+    A packed batch is as wide as its longest row, so first-fit rows of uneven lengths (a last,
+    half-empty row) are padding too. This tries :func:`pack` with row limits from the longest
+    example up to ``capacity`` (at most ~64 tries, well under a millisecond for 64 examples) and
+    keeps the packing with the fewest padded tokens (rows x widest row); ties go to the larger
+    limit (fewer rows).
     """
-    rows = pack(lengths, capacity)
-    if len(rows) < 2:
-        return rows
-    even: list[list[int]] = [[] for _ in rows]
-    load = [0] * len(rows)
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        r = min(range(len(rows)), key=lambda r: (load[r], r))
-        even[r].append(i)
-        load[r] += lengths[i]
-    if max(load) > capacity or max(load) >= max(sum(lengths[i] for i in r) for r in rows):
-        return rows
-    return sorted((sorted(r) for r in even), key=lambda r: r[0])
+    if not lengths:
+        return []
+    lo = min(max(lengths), capacity)
+    step = max(1, (capacity - lo) // 64)
+
+    def cost(rows: list[list[int]]) -> int:
+        return len(rows) * max(sum(lengths[i] for i in r) for r in rows)
+
+    best = pack(lengths, capacity)
+    best_cost = cost(best)
+    for limit in range(capacity - step, lo - 1, -step):
+        rows = pack(lengths, limit)
+        c = cost(rows)
+        if c < best_cost:
+            best, best_cost = rows, c
+    return best
 
 
 def layout(lengths: list[int], capacity: int) -> tuple[list[list[int]], list[tuple[int, int]]]:

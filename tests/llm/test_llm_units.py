@@ -131,6 +131,7 @@ def test_label_parsing_and_metrics():
     assert task.parse_label("Positive.") == "positive"
     assert task.parse_label("i think it is negative, not positive") == "negative"
     assert task.parse_label("no idea") is None
+    assert task.parse_label("Positively.") == "positive" and task.parse_label("a neutralish, negative one") == "negative"
     preds = [task.to_prediction(t) for t in ["positive", "It is negative.", "hmm", "neutral"]]
     assert preds == ["positive", "negative", "hmm", "neutral"] and preds[1].text == "It is negative."
     m = task.metrics(preds, ["positive", "negative", "positive", "positive"])
@@ -146,8 +147,10 @@ def test_pack_is_first_fit_decreasing_and_complete():
     assert sorted(i for r in rows for i in r) == list(range(6))
     assert all(sum(lengths[i] for i in r) <= 12 for r in rows) and len(rows) == 3
     assert padding_fraction(lengths, rows) < padding_fraction(lengths)
-    even = balanced_pack([10, 10, 10, 10, 10], 40)  # pack: rows of 40 + 10; balanced: 30 + 20
-    assert len(even) == 2 and max(sum(10 for _ in r) for r in even) == 30
+    lengths = [30, 12, 10, 8, 6, 4, 3, 2]  # first fit: rows of 40 + 35 tokens; balanced: 38 + 37
+    even = balanced_pack(lengths, 40)
+    assert sorted(i for r in even for i in r) == list(range(8))
+    assert sorted(sum(lengths[i] for i in r) for r in even) == [37, 38]
     mask = block_causal_mask(torch.tensor([[1, 1, 2, 2, 2, 0]]))
     allowed = (mask[0, 0] == 0).int().tolist()
     assert allowed[1] == [1, 1, 0, 0, 0, 0] and allowed[4] == [0, 0, 1, 1, 1, 0] and allowed[5] == [0] * 5 + [1]

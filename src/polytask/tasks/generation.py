@@ -236,7 +236,7 @@ class GenerationTask(Task):
             input_ids[r, s:s + n] = ids
             attention[r, s:s + n] = 1
             if has_targets and f.get("target_ids"):
-                p = f["prompt_len"]
+                p = max(f["prompt_len"], 1)  # a first token with no prompt before it is not predicted
                 labels[r, s + p - 1:s + n - 1] = ids[p:]
         batch = {"input_ids": input_ids, "attention_mask": attention,
                  "example_row": torch.tensor([w[0] for w in where]),
@@ -299,18 +299,22 @@ class GenerationTask(Task):
         return Generated(text if label is None else label, text)
 
     def parse_label(self, text: str) -> str | None:
-        """The label the generated text names: an exact (normalised) match, else the label whose
-        first whole-word mention comes first (longest on ties), else None."""
+        """The label the generated text names: an exact (normalised) match, else the label
+        mentioned first as a whole word, else the label that starts a word first ("Sports." ->
+        sport, "technology" -> tech); longest label on ties; else None."""
         norm = normalize(text)
         by_norm = {normalize(lab): lab for lab in self.labels}
         if norm in by_norm:
             return by_norm[norm]
-        found = []
-        for key, lab in by_norm.items():
-            m = re.search(r"(?<!\w)" + re.escape(key) + r"(?!\w)", norm) if key else None
-            if m:
-                found.append((m.start(), -len(key), lab))
-        return min(found)[2] if found else None
+        for end in (r"(?!\w)", ""):  # whole words first, then word prefixes
+            found = []
+            for key, lab in by_norm.items():
+                m = re.search(r"(?<!\w)" + re.escape(key) + end, norm) if key else None
+                if m:
+                    found.append((m.start(), -len(key), lab))
+            if found:
+                return min(found)[2]
+        return None
 
     def decode(self, out: Tensor, batch: dict[str, Tensor]) -> list:
         raise PolytaskError("generation tasks predict by decoding; use predict_batch")
