@@ -206,5 +206,17 @@ def export_adapter(
     export_adapter_command(run_dir, task, out)
 
 
+@app.command("merge-lora")
+def merge_lora(
+    run_dir: Path = typer.Argument(..., help="A run folder trained with architecture 'causal_lm'"),
+    out: Path = typer.Option(..., "--out", help="Output folder for the merged model (created)"),
+    task: Optional[str] = typer.Option(None, "--task", help="The task whose adapter to merge (task_lora runs)"),
+) -> None:
+    """Merge a LoRA adapter into the base LLM and write a plain Hugging Face model."""
+    from polytask.architectures.causal_lm import merge_command
+
+    merge_command(run_dir, out, task)
+
+
 if __name__ == "__main__":
     app()
