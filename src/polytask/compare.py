@@ -810,13 +810,15 @@ def collect(plan: Plan, inference: dict[str, Any] | None = None) -> dict[str, An
             secs = sum(p["throughput"]["measured_seconds"] for p in parts)
             ex = sum(p["throughput"]["samples_per_s"] * p["throughput"]["measured_seconds"] for p in parts)
             tok = sum(p["throughput"]["tokens_per_s"] * p["throughput"]["measured_seconds"] for p in parts)
-            peaks = [p["resources"].get("peak_rss_mb") for p in parts]
+            peaks = [None if p["resources"].get("resumed") else p["resources"].get("peak_rss_mb") for p in parts]
             per_seed.append({
                 "trainable_params": sum(p["summary"]["params"]["trainable"] for p in parts),
                 "total_params": sum(p["summary"]["params"]["total"] for p in parts),
                 "train_seconds": sum(p["summary"].get("train_seconds", math.nan) for p in parts),
+                # a resumed sub-run's wall time covers only its last part: not reported
                 "wall_seconds": (sum(p["resources"]["wall_seconds"] for p in parts)
-                                 if all("wall_seconds" in p["resources"] for p in parts) else math.nan),
+                                 if all("wall_seconds" in p["resources"] and not p["resources"].get("resumed")
+                                        for p in parts) else math.nan),
                 "samples_per_s": ex / secs if secs else math.nan,
                 "tokens_per_s": tok / secs if secs else math.nan,
                 "peak_rss_mb": max(peaks) if all(x is not None for x in peaks) else math.nan,
@@ -857,16 +859,22 @@ def collect(plan: Plan, inference: dict[str, Any] | None = None) -> dict[str, An
              for part in (got.values() if m == SINGLE else [got])
              for x in part["resources"].get("load_average_1min", []) if x is not None]
     missing = [r.key for r in plan.runs if not r.finished]
+    resumed = [r.key for r in plan.runs if r.finished and _resumed(r)]
     return {
         "name": plan.cfg.name, "tasks": plan.tasks, "metric": metric, "higher_is_better": hib,
         "seeds": plan.seeds, "methods": plan.methods, "budget_rule": plan.budget_rule,
         "train_sizes": plan.sizes, "notes": plan.notes, "base": _base_description(plan.cfg),
         "method_settings": _method_settings(plan),
         "table": table, "delta_m": delta, "efficiency": efficiency, "budgets": budgets,
-        "inference": inference or {}, "curves": curves, "missing": missing,
+        "inference": inference or {}, "curves": curves, "missing": missing, "resumed": resumed,
         "load_during_training": [min(loads), max(loads)] if loads else None,
         "environment": environment(), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def _resumed(run: SubRun) -> bool:
+    path = run.run_dir / "resources.json"
+    return (not path.exists()) or bool(json.loads(path.read_text()).get("resumed"))
 
 
 def _base_description(cfg: Config) -> dict[str, Any]:

@@ -228,6 +228,9 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
                      _num(e["wall_seconds"], 1), _num(e["samples_per_s"], 1), _num(e["tokens_per_s"], 0),
                      _num(e["peak_rss_mb"], 0)])
     L += _md_table(head, rows) + [""]
+    if results.get("resumed"):
+        L += [f"Resumed after an interruption (so their wall time and peak memory, which cover only the last part, are not reported; the training loop time is "
+              f"the trainer's own clock, kept across the interruption): {', '.join(results['resumed'])}.", ""]
     if eff:
         how = next(iter(eff.values()))["throughput_method"]
         L += [f"Training throughput: examples (and real, unpadded tokens) trained on per second, measured on "
