@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from polytask import metrics as M
 from polytask.errors import ConfigError, PolytaskError
 from polytask.packing import layout, segment_tensors
-from polytask.tasks.base import Example, Task, _pad
+from polytask.tasks.base import Example, Task
 
 IGNORE = -100
 _MARK = "\u2063POLYTASK_PROMPT\u2063"  # a placeholder that no chat template alters
