@@ -67,3 +67,42 @@ def test_bad_method_arguments_fail_at_config_time(tmp_path, tiny_backbone):
     raw["sampling"] = {"name": "temperature", "args": {"T": -1}}
     with pytest.raises(ConfigError, match="sampling.args: temperature T must be positive"):
         build_components(from_dict(raw), ["a", "b"], [10, 10])
+
+
+def test_probe_due_fires_once_per_interval_on_a_log_step():
+    from polytask.train import probe_due
+
+    assert [s for s in range(1, 61) if probe_due(s, 5, 20)] == [20, 40, 60]
+    assert [s for s in range(1, 61) if probe_due(s, 10, 25)] == [30, 50]  # first log step at/after 25, 50
+    assert not any(probe_due(s, 5, 0) for s in range(1, 61))
+
+
+def _log(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cosine_probe_logs_cosines_for_single_task_steps_without_changing_training(tiny_backbone, tmp_path):
+    """Loss-based methods train one task per step; the probe measures cosines every N steps,
+    and the run's losses are exactly those of a run without probes."""
+    runs = {}
+    for every in (4, 0):
+        raw = tiny_config(tiny_backbone, tmp_path / str(every), max_steps=8, eval_every=8, log_every=2,
+                          cosine_every=every)
+        raw["weighting"] = {"name": "uw"}
+        runs[every] = [e for e in _log(train(from_dict(raw), progress=False)) if e["kind"] == "train"]
+    probed = {e["step"]: e for e in runs[4]}
+    assert [s for s, e in probed.items() if "cosine" in e] == [4, 8]
+    tasks = [t["name"] for t in tiny_config(tiny_backbone, tmp_path)["tasks"]]
+    pairs = {f"{a}|{b}" for i, a in enumerate(tasks) for b in tasks[i + 1:]}
+    for step in (4, 8):
+        assert set(probed[step]["cosine"]) == pairs
+        assert all(-1 - 1e-6 <= c <= 1 + 1e-6 for c in probed[step]["cosine"].values())
+        assert all(v > 0 for v in probed[step]["probe_grad_norm"].values())
+    assert not any("cosine" in e for e in runs[0])
+    assert [e["loss"] for e in runs[4]] == [e["loss"] for e in runs[0]]
+
+
+def test_adapter_grad_space_needs_a_shared_adapter(tiny_backbone, tmp_path):
+    raw = tiny_config(tiny_backbone, tmp_path, grad_space="adapters")
+    with pytest.raises(ConfigError, match="train.grad_space: 'adapters' needs an adapter shared by all tasks"):
+        from_dict(raw)

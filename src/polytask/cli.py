@@ -1,4 +1,6 @@
-"""Command line: ``polytask train | evaluate | predict | check``. Each verb is a thin wrapper."""
+"""Command line: ``polytask train | evaluate | predict | check | compare | export-adapter | merge-lora``.
+
+Each verb is a thin wrapper over a library function; errors become one red line and exit code 2."""
 
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ OVERRIDES = typer.Argument(None, help="Config overrides like train.max_steps=100
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _call(fn, *args):
+    """``fn(*args)``, with a PolytaskError reported as one line and exit code 2."""
+    try:
+        return fn(*args)
+    except PolytaskError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -201,9 +211,10 @@ def export_adapter(
     out: Path = typer.Option(..., "--out", help="Output folder (created)"),
 ) -> None:
     """Export one task's adapter (PEFT format for LoRA) and head from an adapters run."""
-    from polytask.architectures.adapters import export_adapter_command
+    from polytask.architectures.adapters import export_adapter as export
 
-    export_adapter_command(run_dir, task, out)
+    path = _call(export, run_dir, task, out)
+    typer.echo(f"wrote the '{task}' adapter to {path}")
 
 
 @app.command("merge-lora")
@@ -213,9 +224,10 @@ def merge_lora(
     task: Optional[str] = typer.Option(None, "--task", help="The task whose adapter to merge (task_lora runs)"),
 ) -> None:
     """Merge a LoRA adapter into the base LLM and write a plain Hugging Face model."""
-    from polytask.architectures.causal_lm import merge_command
+    from polytask.architectures.causal_lm import merge_lora as merge
 
-    merge_command(run_dir, out, task)
+    path = _call(merge, run_dir, out, task)
+    typer.echo(f"wrote the merged model to {path}")
 
 
 if __name__ == "__main__":

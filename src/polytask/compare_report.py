@@ -340,16 +340,31 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def plot_metrics(results: dict, path: Path) -> Path:
-    plt = _plt()
-    tasks, cols = results["tasks"], _columns(results)
-    n = len(tasks)
+def _task_grid(plt, n: int):
+    """A figure with one panel per task, 3 to a row; returns it and the panels as a flat list."""
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    panels = [ax for row in axes for ax in row]
+    for ax in panels[n:]:
+        ax.axis("off")
+    return fig, panels
+
+
+def _finish(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_metrics(results: dict, path: Path) -> Path:
+    plt = _plt()
+    tasks, cols = results["tasks"], _columns(results)
+    fig, axes = _task_grid(plt, len(tasks))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, t in enumerate(tasks):
-        ax = axes[k // ncols][k % ncols]
+        ax = axes[k]
         for j, c in enumerate(cols):
             test = results["table"][c]["test"].get(t, {})
             dev = results["table"][c]["dev"].get(t, {})
@@ -364,12 +379,7 @@ def plot_metrics(results: dict, path: Path) -> Path:
         ax.set_title(f"{t} ({results['metric'][t]})", fontsize=10)
         if k == 0:
             ax.legend(fontsize=7)
-    for k in range(n, nrows * ncols):
-        axes[k // ncols][k % ncols].axis("off")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def plot_delta_m(results: dict, path: Path) -> Path:
@@ -393,21 +403,15 @@ def plot_delta_m(results: dict, path: Path) -> Path:
     ax.set_ylabel("Delta-m (%)")
     ax.set_title("Multi-task vs single-task (Delta-m, mean ± std over seeds)", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def plot_curves(results: dict, path: Path) -> Path:
     plt = _plt()
     tasks, cols = results["tasks"], _columns(results)
-    n = len(tasks)
-    ncols = min(3, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = _task_grid(plt, len(tasks))
     for k, t in enumerate(tasks):
-        ax = axes[k // ncols][k % ncols]
+        ax = axes[k]
         for c in cols:
             pts = [(p["examples"], p["value"]) for p in results.get("curves", {}).get(c, {}).get(t, [])
                    if _finite(p.get("value"))]
@@ -418,12 +422,7 @@ def plot_curves(results: dict, path: Path) -> Path:
         ax.set_xlabel(f"{t} training examples seen", fontsize=8)
         if k == 0:
             ax.legend(fontsize=7)
-    for k in range(n, nrows * ncols):
-        axes[k // ncols][k % ncols].axis("off")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def write_report(results: dict, root: Path) -> Path:

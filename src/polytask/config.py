@@ -103,9 +103,14 @@ class TrainConfig:
     early_stopping: int | None = None  # stop after N evaluations without improvement
     log_every: int = 10
     # where gradient-based weighting methods take task gradients:
-    # representation | last_layers | shared (all shared parameters: T x P memory)
-    grad_space: Literal["representation", "last_layers", "shared"] = "representation"
+    # representation | last_layers | shared (all shared parameters: T x P memory) | adapters
+    # (a LoRA shared by all tasks on a frozen LLM); see docs/weighting.md
+    grad_space: Literal["representation", "last_layers", "shared", "adapters"] = "representation"
     grad_layers: int = 1  # for last_layers
+    # steps that train one task (loss-based methods) measure no task-gradient cosines; a probe
+    # takes them (eval mode, one batch per task, no update) at the first log step at or after
+    # every multiple of cosine_every. Default: eval_every; 0: never.
+    cosine_every: int | None = None
     length_grouping: bool = True
     checkpoint_every: int | None = None  # default: eval_every; checkpoints are what --resume uses
     keep_checkpoints: int = 2  # newest N kept (the best weights are kept separately)
@@ -328,6 +333,13 @@ def validate(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: {key}: must be positive, got {value}")
     if not 0 <= cfg.train.warmup_ratio < 1:
         raise ConfigError(f"{source}: train.warmup_ratio: must be in [0, 1)")
+    peft = cfg.architecture.args.get("peft") if cfg.architecture.name == "causal_lm" else None
+    if cfg.train.grad_space == "adapters" and peft != "shared_lora":
+        raise ConfigError(f"{source}: train.grad_space: 'adapters' needs an adapter shared by all tasks "
+                          f"(architecture causal_lm with args.peft: shared_lora); per-task adapters have "
+                          f"disjoint gradients. Use 'representation'")
+    if cfg.train.cosine_every is not None and cfg.train.cosine_every < 0:
+        raise ConfigError(f"{source}: train.cosine_every: must be >= 0 (0: off), got {cfg.train.cosine_every}")
     if cfg.model.kind == "causal_lm" and cfg.model.backbone == "minilm":  # the encoder default: unset
         cfg.model.backbone = "smollm2"
     for i, task in enumerate(cfg.tasks):

@@ -11,6 +11,9 @@ Where the gradients are taken is the run's ``train.grad_space``:
 - ``last_layers``: the gradient with respect to the parameters of the top ``grad_layers``
   shared transformer blocks (parameter space: sees real conflicts; memory T x those params).
 - ``shared``: all shared parameters (T x P memory: only when asked for).
+- ``adapters``: the parameters of an adapter that all tasks share (``causal_lm`` with
+  ``peft: shared_lora``): the whole trainable shared model of a frozen-LLM run, at T x
+  adapter-size memory. Per-task adapters have disjoint gradients, so they are refused.
 
 Only the Gram matrix ``K = G G^T`` leaves this module; ``G`` is freed at once.
 """
@@ -50,4 +53,6 @@ def balance_params(model, space: str, layers: int) -> list[nn.Parameter] | None:
         return model.arch.balance_parameters(layers)
     if space == "shared":
         return model.arch.shared_parameters()
+    if space == "adapters":
+        return model.arch.shared_adapter_parameters()
     return None

@@ -182,6 +182,13 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
                        cfg.seed + i, grouped=t.length_grouping)
         for i, n in enumerate(tasks)
     }
+    # separate streams for cosine probes, so that probing does not change what is trained on
+    probes = {
+        n: BatchStream([len(f["input_ids"]) for f in data[n].features["train"]], t.batch_size,
+                       cfg.seed + 1000 + i, grouped=t.length_grouping)
+        for i, n in enumerate(tasks)
+    }
+    cosine_every = t.eval_every if t.cosine_every is None else t.cosine_every
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = get_scheduler(
         "constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
@@ -192,7 +199,8 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
     log = Events(run_dir / "metrics.jsonl")
     state = LoopState()
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "weighting": weighting,
-                "sampler": sampler, **{f"stream:{n}": s for n, s in streams.items()}}
+                "sampler": sampler, **{f"stream:{n}": s for n, s in streams.items()},
+                **{f"probe:{n}": s for n, s in probes.items()}}
 
     if resume is not None:
         state = restore_checkpoint(run_dir, model, stateful)
@@ -220,8 +228,7 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
             for _ in range(t.grad_accum):
                 names = list(tasks) if weighting.needs_all_tasks else [sampler.sample(step, t.max_steps)]
                 indices = {n: streams[n].next() for n in names}
-                batches = {n: tasks[n].collate([data[n].features["train"][i] for i in indices[n]], pad_id)
-                           for n in names}
+                batches = {n: train_batch(data[n], indices[n], pad_id) for n in names}
                 want_gram = len(names) > 1 and (step + 1) % t.log_every == 0
                 result = forward_backward(model, tasks, batches, weighting, t, grad_params, want_gram, t.grad_accum)
                 if result.bad_task is not None:
@@ -252,6 +259,12 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
                 event = {"kind": "train", "step": state.step, "loss": dict(state.running), "weights": step_weights,
                          "grad_norm": grad_norms, "lr": scheduler.get_last_lr()[0],
                          "elapsed": time.perf_counter() - started}
+                if step_cos is None and len(tasks) > 1 and probe_due(state.step, t.log_every, cosine_every):
+                    names = list(tasks)
+                    batches = {n: train_batch(data[n], probes[n].next(), pad_id) for n in names}
+                    gram = probe_gram(model, tasks, batches, t, grad_params)
+                    step_cos = cosines(gram)
+                    event["probe_grad_norm"] = dict(zip(names, gram.diagonal().clamp(min=0).sqrt().tolist()))
                 if step_cos is not None:
                     event["cosine"] = {f"{a}|{b}": float(step_cos[i, j]) for i, a in enumerate(names)
                                        for j, b in enumerate(names) if i < j}
@@ -315,11 +328,7 @@ def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict
     ``.grad`` scaled by ``1/accum``.
     """
     names = list(batches)
-    losses, feats = [], []
-    for name in names:
-        out, f = model(batches[name], name)
-        losses.append(tasks[name].loss(out, batches[name]))
-        feats.append(f)
+    losses, feats = task_losses(model, tasks, batches)
     for name, loss in zip(names, losses):
         if not torch.isfinite(loss):
             return StepResult([], [], bad_task=name)
@@ -332,6 +341,41 @@ def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict
         total = total + reg
     (total / accum).backward()
     return StepResult([float(x.detach()) for x in losses], weights.tolist(), gram)
+
+
+def train_batch(task_data, indices: list[int], pad_id: int) -> dict:
+    """The padded tensors of these training examples of one task."""
+    return task_data.task.collate([task_data.features["train"][i] for i in indices], pad_id)
+
+
+def task_losses(model: MultiTaskModel, tasks: dict, batches: dict[str, dict]) -> tuple[list, list]:
+    """Each task's loss on its batch (scalars) and the features it was computed from."""
+    losses, feats = [], []
+    for name, batch in batches.items():
+        out, f = model(batch, name)
+        losses.append(tasks[name].loss(out, batch))
+        feats.append(f)
+    return losses, feats
+
+
+def probe_gram(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], t, grad_params) -> torch.Tensor:
+    """(T, T) Gram matrix of the task gradients on one batch per task, without training.
+
+    Eval mode (no dropout), so the torch RNG is not consumed and the run's trajectory is the
+    same with or without probes; ``autograd.grad`` leaves ``.grad`` untouched.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        losses, feats = task_losses(model, tasks, batches)
+        return task_gram(losses, t.grad_space, feats, grad_params)
+    finally:
+        model.train(was_training)
+
+
+def probe_due(step: int, log_every: int, every: int) -> bool:
+    """A log step at or after a multiple of ``every`` (the first one in (step - log_every, step])."""
+    return every > 0 and step % log_every == 0 and step // every != (step - log_every) // every
 
 
 def handle_fault(cfg: Config, state: LoopState, log: Events, fault, data, bar) -> None:

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from polytask import load
 from polytask.config import from_dict
+from polytask.errors import ConfigError
 from polytask.train import train
 
 
@@ -107,7 +108,6 @@ def test_merged_adapter_equals_the_adapter(llm_config, tmp_path):
 def test_cli_predict_evaluate_and_merge_command(llm_config, tmp_path):
     from typer.testing import CliRunner
 
-    from polytask.architectures.causal_lm import merge_command
     from polytask.cli import app
 
     run = train(from_dict(llm_config(peft="task_lora", max_steps=4, eval_every=4)), progress=False)
@@ -125,10 +125,19 @@ def test_cli_predict_evaluate_and_merge_command(llm_config, tmp_path):
     for name, values in metrics.items():
         assert values == pytest.approx(summary["dev"][name]), name
 
-    import typer
-
-    cmd = typer.Typer()
-    cmd.command()(merge_command)
-    res = runner.invoke(cmd, [str(run), "--out", str(tmp_path / "m"), "--task", "summary"])
+    res = runner.invoke(app, ["merge-lora", str(run), "--out", str(tmp_path / "m"), "--task", "summary"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "tokenizer_config.json").exists()
+
+
+def test_gradient_method_in_the_shared_adapter_space(llm_config):
+    """grad_space: adapters takes task gradients over the shared LoRA's parameters only."""
+    raw = llm_config(peft="shared_lora", max_steps=4, eval_every=4, log_every=2, grad_space="adapters")
+    raw["weighting"] = {"name": "pcgrad"}
+    run = train(from_dict(raw), progress=False)
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in steps if e["kind"] == "train"]
+    assert len(steps) == 2 and all("summary|topic" in e["cosine"] for e in steps)
+    assert all(v > 0 for e in steps for v in e["grad_norm"].values())
+    with pytest.raises(ConfigError, match="per-task adapters have disjoint gradients"):
+        from_dict(llm_config(peft="task_lora", grad_space="adapters"))

@@ -45,7 +45,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import typer
 from torch import Tensor, nn
 
 from polytask.architectures.base import Architecture, Features
@@ -313,18 +312,4 @@ def export_adapter(run_dir: str | Path, task: str, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def export_adapter_command(
-    run_dir: Path = typer.Argument(..., help="A run folder trained with architecture 'adapters'"),
-    task: str = typer.Option(..., "--task", help="The task whose adapter to export"),
-    out: Path = typer.Option(..., "--out", help="Output folder (created)"),
-) -> None:
-    """Export one task's adapter (PEFT format for LoRA) and head from an adapters run."""
-    try:
-        path = export_adapter(run_dir, task, out)
-    except PolytaskError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    typer.echo(f"wrote the '{task}' adapter to {path}")
-
-
-__all__ = ["Adapters", "Bottleneck", "export_adapter", "export_adapter_command", "mixed_forward"]
+__all__ = ["Adapters", "Bottleneck", "export_adapter", "mixed_forward"]

@@ -62,6 +62,11 @@ class Architecture(nn.Module):
         shared = {id(p) for p in self.shared_parameters()}
         return self._nonempty([p for b in blocks[-k:] for p in b.parameters() if id(p) in shared], k)
 
+    def shared_adapter_parameters(self) -> list[nn.Parameter]:
+        """Adapter parameters that every task trains (for ``grad_space: adapters``)."""
+        raise ConfigError(f"train.grad_space=adapters: architecture {type(self).__name__} has no adapter shared by "
+                          f"all tasks (causal_lm with peft: shared_lora has one); use train.grad_space=representation")
+
     def _nonempty(self, params: list[nn.Parameter], k: int) -> list[nn.Parameter]:
         if not params:
             raise ConfigError(

@@ -34,7 +34,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import typer
 from torch import Tensor, nn
 
 from polytask.architectures.base import Architecture, Features
@@ -200,6 +199,13 @@ class CausalLM(Architecture):
             return []
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
+    def shared_adapter_parameters(self) -> list[nn.Parameter]:
+        # per-task adapters receive gradients from their own task only: their task gradients
+        # are disjoint, so always orthogonal, and balancing in that space is meaningless
+        if self.peft != "shared_lora":
+            return super().shared_adapter_parameters()
+        return self.adapter_parameters()
+
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self.task_index(task)
         return self.adapter_parameters(task) if self.peft == "task_lora" else []
@@ -314,18 +320,4 @@ def merge_lora(run_dir: str | Path, out_dir: str | Path, task: str | None = None
     return out_dir
 
 
-def merge_command(
-    run_dir: Path = typer.Argument(..., help="A run folder trained with architecture 'causal_lm'"),
-    out: Path = typer.Option(..., "--out", help="Output folder for the merged model (created)"),
-    task: str = typer.Option(None, "--task", help="The task whose adapter to merge (task_lora runs)"),
-) -> None:
-    """Merge a LoRA adapter into the base LLM and write a plain Hugging Face model."""
-    try:
-        path = merge_lora(run_dir, out, task)
-    except PolytaskError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    typer.echo(f"wrote the merged model to {path}")
-
-
-__all__ = ["CausalLM", "merge_command", "merge_lora", "rebuild_backbone", "uses_lora"]
+__all__ = ["CausalLM", "merge_lora", "rebuild_backbone", "uses_lora"]
