@@ -5,9 +5,10 @@ step draws one batch of each of the 6 tasks (the same batches for every method: 
 runs ``polytask.train.forward_backward`` (the trainer's own step) and an optimizer step.
 Prints seconds per step and the peak resident memory during the measured steps (the peak is
 reset after warm-up through /proc/self/clear_refs, Linux), each as a ratio to equal weighting
-measured in the same run.
+measured in the same run. Equal weighting is measured first and last in each grad space; the
+ratios are to the mean of the two (their difference is the machine's drift, i.e. the noise).
 
-    python benchmarks/weighting.py --data-dir ../shared/data            # all methods, ~12 min on 2 cores
+    python benchmarks/weighting.py --data-dir ../shared/data            # all methods, ~15 min on 2 cores
     python benchmarks/weighting.py --methods equal uw pcgrad --steps 3  # a subset
 """
 
@@ -95,7 +96,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--methods", nargs="*", default=list(REGISTRY))
     ap.add_argument("--spaces", nargs="*", default=["representation", "last_layers"])
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     ap.add_argument("--child", nargs=2, metavar=("METHOD", "SPACE"), help=argparse.SUPPRESS)
@@ -103,7 +104,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child, args.data_dir, args.steps, args.batch_size)))
         return
-    methods = ["equal"] + [m for m in args.methods if m != "equal"]
+    # equal weighting runs first and last in each space: the baseline is their mean, and their
+    # difference shows how much the machine drifted during the measurements
+    methods = ["equal"] + [m for m in args.methods if m != "equal"] + ["equal"]
     rows = []
     for space in args.spaces:
         for method in methods:
@@ -123,13 +126,17 @@ def main() -> None:
 
 
 def table(rows: list[dict]) -> str:
+    """Markdown rows; ratios are to the mean of the equal-weighting runs of the same grad space."""
     lines = ["| method | grad space | s/step | x equal | peak RSS (MB) | x equal |", "|---|---|---|---|---|---|"]
     for space in dict.fromkeys(r["space"] for r in rows):
-        base = next((r for r in rows if r["space"] == space and r["method"] == "equal"), None)
-        for r in (r for r in rows if r["space"] == space):
-            t = r["sec_per_step"] / base["sec_per_step"] if base else float("nan")
-            m = r["peak_rss_mb"] / base["peak_rss_mb"] if base else float("nan")
-            lines.append(f"| {r['method']} | {space} | {r['sec_per_step']:.2f} | {t:.2f} | {r['peak_rss_mb']:.0f} | {m:.2f} |")
+        same = [r for r in rows if r["space"] == space]
+        bases = [r for r in same if r["method"] == "equal"]
+        sec = sum(r["sec_per_step"] for r in bases) / len(bases) if bases else float("nan")
+        mem = sum(r["peak_rss_mb"] for r in bases) / len(bases) if bases else float("nan")
+        for k, r in enumerate(same):
+            name = r["method"] if r["method"] != "equal" or len(bases) == 1 else ("equal (first)" if k == 0 else "equal (last)")
+            lines.append(f"| {name} | {space} | {r['sec_per_step']:.2f} | {r['sec_per_step'] / sec:.2f} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / mem:.2f} |")
     return "\n".join(lines)
 
 

