@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -302,3 +304,63 @@ def test_sub_run_config_round_trips(tmp_path):
     plan = plan_compare(from_dict(two_task_raw("minilm", tmp_path, methods=[{"name": "ew"}])), sizes=SIZES)
     for r in plan.runs:
         assert from_dict(to_dict(r.cfg)) == r.cfg
+
+
+def test_a_stray_summary_is_not_a_finished_sub_run(tiny_backbone, tmp_path):
+    plan = plan_compare(from_dict(two_task_raw(tiny_backbone, tmp_path)))
+    run = plan.runs[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "summary.json").write_text("{}")
+    assert not run.finished
+
+
+def _pids_running(needle: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and needle in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                state = (proc / "stat").read_text().split(") ")[-1].split()[0]
+                if state != "Z":
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_killing_compare_stops_its_sub_run_with_a_checkpoint(tiny_backbone, tmp_path):
+    """SIGKILL the compare process: its sub-run's process gets SIGTERM, checkpoints, and exits
+    (no orphan keeps training and writing into a folder the user may delete or move)."""
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    raw = two_task_raw(tiny_backbone, tmp_path, inference_examples=0)
+    raw["tasks"] = raw["tasks"][:1]
+    raw["train"].update(max_steps=100_000, eval_every=100_000, log_every=5)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    parent = subprocess.Popen([sys.executable, "-m", "polytask.cli", "compare", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "cmp" / "single" / "sentiment" / "seed3"
+    job = str(run_dir / "compare_job.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and '"kind": "train"' not in _read(run_dir / "metrics.jsonl"):
+        time.sleep(0.2)
+    children = _pids_running(job)
+    assert children, "the sub-run never started training"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and _pids_running(job):
+        time.sleep(0.2)
+    assert not _pids_running(job)
+    events = [json.loads(x) for x in _read(run_dir / "metrics.jsonl").splitlines()]
+    assert events[-1]["kind"] == "interrupted" and events[-1]["signal"] == "SIGTERM", (events[-3:], _read(run_dir / "train.log")[-2000:])
+    assert (run_dir / "checkpoints").is_dir()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

@@ -113,7 +113,9 @@ class SubRun:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "summary.json").exists()
+        # train() writes summary.json last; a stray summary alone (e.g. written into a folder that
+        # was moved away) is not a finished run
+        return all((self.run_dir / f).exists() for f in ("summary.json", "config.yaml", "model.safetensors"))
 
 
 @dataclass
@@ -419,6 +421,21 @@ def train_measured(cfg: Config, resume: bool = False, progress: bool = False, is
     return out
 
 
+def _stop_with_parent() -> None:
+    """In the sub-run's process (Linux): SIGTERM it when the compare process dies, however it dies.
+
+    The trainer answers SIGTERM with a checkpoint and a clean stop, so the next ``compare``
+    resumes the sub-run instead of racing an orphan that is still writing into its folder.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _run_isolated(run: SubRun, resume: bool, progress: bool) -> None:
     """Train a sub-run in a fresh Python process; its output goes to ``train.log``."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -428,7 +445,7 @@ def _run_isolated(run: SubRun, resume: bool, progress: bool) -> None:
     with open(log_path, "ab") as log:
         out = None if progress else log  # with progress, the child's bar goes to this terminal
         proc = subprocess.run([sys.executable, "-m", "polytask.compare", str(job)], stdout=out,
-                              stderr=None if progress else subprocess.STDOUT)
+                              stderr=None if progress else subprocess.STDOUT, preexec_fn=_stop_with_parent)
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:] if log_path.exists() else []
         raise PolytaskError(f"sub-run {run.key} failed (exit {proc.returncode}); last lines of {log_path}:\n"
