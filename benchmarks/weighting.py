@@ -35,8 +35,6 @@ TASKS = [
 
 
 def child(method: str, space: str, data_dir: str, steps: int, batch_size: int) -> dict:
-    import torch
-
     from polytask.backbones.encoder import load_encoder
     from polytask.batching import BatchStream
     from polytask.config import from_dict

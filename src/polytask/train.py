@@ -137,9 +137,11 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
+        if self.signum is None:
+            self.signum = signum
+        elif signum == signal.SIGINT:  # a second Ctrl-C: a person wants it to stop now
             raise KeyboardInterrupt
-        self.signum = signum
+        # a repeated SIGTERM (schedulers, parent-death signals) must not cut the checkpoint short
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
