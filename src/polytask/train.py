@@ -179,17 +179,12 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
     model = build_model(cfg, backbone, tasks)
     sizes = [len(data[n].features["train"]) for n in tasks]
     weighting, sampler = build_components(cfg, list(tasks), sizes)
-    streams = {
-        n: BatchStream([len(f["input_ids"]) for f in data[n].features["train"]], t.batch_size,
-                       cfg.seed + i, grouped=t.length_grouping)
-        for i, n in enumerate(tasks)
-    }
+    lengths = {n: [len(f["input_ids"]) for f in data[n].features["train"]] for n in tasks}
+    streams = {n: BatchStream(lengths[n], t.batch_size, cfg.seed + i, grouped=t.length_grouping)
+               for i, n in enumerate(tasks)}
     # separate streams for cosine probes, so that probing does not change what is trained on
-    probes = {
-        n: BatchStream([len(f["input_ids"]) for f in data[n].features["train"]], t.batch_size,
-                       cfg.seed + 1000 + i, grouped=t.length_grouping)
-        for i, n in enumerate(tasks)
-    }
+    probes = {n: BatchStream(lengths[n], t.batch_size, cfg.seed + 1000 + i, grouped=t.length_grouping)
+              for i, n in enumerate(tasks)}
     cosine_every = t.eval_every if t.cosine_every is None else t.cosine_every
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = get_scheduler(
@@ -261,15 +256,16 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
                 event = {"kind": "train", "step": state.step, "loss": dict(state.running), "weights": step_weights,
                          "grad_norm": grad_norms, "lr": scheduler.get_last_lr()[0],
                          "elapsed": time.perf_counter() - started}
+                cos_names = names  # the tasks step_cos is about
                 if step_cos is None and len(tasks) > 1 and probe_due(state.step, t.log_every, cosine_every):
-                    names = list(tasks)
-                    batches = {n: train_batch(data[n], probes[n].next(), pad_id) for n in names}
+                    cos_names = list(tasks)
+                    batches = {n: train_batch(data[n], probes[n].next(), pad_id) for n in cos_names}
                     gram = probe_gram(model, tasks, batches, t, grad_params)
                     step_cos = cosines(gram)
-                    event["probe_grad_norm"] = dict(zip(names, gram.diagonal().clamp(min=0).sqrt().tolist()))
+                    event["probe_grad_norm"] = dict(zip(cos_names, gram.diagonal().clamp(min=0).sqrt().tolist()))
                 if step_cos is not None:
-                    event["cosine"] = {f"{a}|{b}": float(step_cos[i, j]) for i, a in enumerate(names)
-                                       for j, b in enumerate(names) if i < j}
+                    event["cosine"] = {f"{a}|{b}": float(step_cos[i, j]) for i, a in enumerate(cos_names)
+                                       for j, b in enumerate(cos_names) if i < j}
                 log.write(event)
 
             stop_early = False
