@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polytask import checkpoint as ckpt
+from polytask import run_folder as ckpt
 from polytask.config import from_dict
 from polytask.errors import CheckpointError, ConfigError
 from polytask.train import NonFiniteError, train

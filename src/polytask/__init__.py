@@ -4,7 +4,7 @@ One shared backbone, one head per task, trained jointly with task sampling and l
 The Python API mirrors the CLI: ``train(config)``, ``load(run_dir).predict(task, inputs)``.
 """
 
-__version__ = "0.1.0"
+from polytask._version import __version__  # noqa: E402
 
 from polytask.errors import ConfigError, DataError, PolytaskError  # noqa: E402
 

@@ -57,8 +57,9 @@ def train(
         raise typer.Exit(130)
     except PolytaskError as exc:
         _fail(exc)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    typer.echo(format_summary(summary))
+    from polytask.run_folder import RunFolder
+
+    typer.echo(format_summary(RunFolder(run_dir).read_summary()))
     typer.echo(f"run folder: {run_dir}")
 
 
@@ -69,28 +70,10 @@ def evaluate(
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Evaluate a trained run on its configured dev or test data (e.g. data_dir=... to move it)."""
-    from polytask.evaluate import evaluate as run_eval, macro_score
-    from polytask.config import apply_override, from_dict
-    from polytask.dataset import encode_all, prepare
-    from polytask.predict import Predictor
+    from polytask.predict import evaluate_run
 
-    try:
-        pred = Predictor.load(run_dir)
-        import dataclasses
-
-        raw = dataclasses.asdict(pred.cfg)
-        for item in overrides or []:
-            apply_override(raw, item)
-        cfg = from_dict(raw)
-        data = prepare(cfg, splits=("train", split))
-        for name, td in data.items():  # the saved vocabularies, not ones refit on today's files
-            td.task = pred.tasks[name]
-            td.examples.pop("train", None)
-        encode_all(data, pred.tokenizer, cfg.model.max_length)
-        results = run_eval(pred.model, data, split, pred.tokenizer.pad_token_id or 0, cfg.train.eval_batch_size)
-    except PolytaskError as exc:
-        _fail(exc)
-    typer.echo(json.dumps({"split": split, "metrics": results, "macro": macro_score(results, pred.tasks)}, indent=2))
+    result = _call(evaluate_run, run_dir, split, overrides or [])
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -211,7 +194,7 @@ def export_adapter(
     out: Path = typer.Option(..., "--out", help="Output folder (created)"),
 ) -> None:
     """Export one task's adapter (PEFT format for LoRA) and head from an adapters run."""
-    from polytask.architectures.adapters import export_adapter as export
+    from polytask.export import export_adapter as export
 
     path = _call(export, run_dir, task, out)
     typer.echo(f"wrote the '{task}' adapter to {path}")
@@ -224,7 +207,7 @@ def merge_lora(
     task: Optional[str] = typer.Option(None, "--task", help="The task whose adapter to merge (task_lora runs)"),
 ) -> None:
     """Merge a LoRA adapter into the base LLM and write a plain Hugging Face model."""
-    from polytask.architectures.causal_lm import merge_lora as merge
+    from polytask.export import merge_lora as merge
 
     path = _call(merge, run_dir, out, task)
     typer.echo(f"wrote the merged model to {path}")

@@ -1,12 +1,19 @@
-"""The multi-task model: an architecture (shared part) plus one head per task, keyed by name."""
+"""The multi-task model: an architecture (shared part) plus one head per task, keyed by name.
+
+:func:`build_model` assembles it for training; :func:`rebuild_model` rebuilds a trained one
+from its run folder, offline (the backbone from its saved config, or, for architectures whose
+weights hold adapters only, from its pretrained source), and loads the best weights.
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from polytask.architectures import Architecture, Features, build_architecture
+from polytask.architectures import Architecture, Features, architecture_class, build_architecture
+from polytask.backbones import backbone_from_config, load_backbone
 from polytask.backbones.layout import hidden_size
 from polytask.config import Config
+from polytask.run_folder import RunFolder
 from polytask.tasks import Task
 
 
@@ -24,6 +31,10 @@ class MultiTaskModel(nn.Module):
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return list(self.heads[task].parameters()) + self.arch.task_parameters(task)
 
+    def head_parameter_names(self) -> set[str]:
+        """Names (as in ``named_parameters``) of the task heads' parameters."""
+        return {f"heads.{n}" for n, _ in self.heads.named_parameters()}
+
     def describe(self) -> dict[str, int]:
         info = self.arch.describe()
         for t, head in self.heads.items():
@@ -36,3 +47,14 @@ class MultiTaskModel(nn.Module):
 def build_model(cfg: Config, backbone: nn.Module, tasks: dict[str, Task]) -> MultiTaskModel:
     arch = build_architecture(cfg.architecture.name, backbone, list(tasks), cfg.architecture.args)
     return MultiTaskModel(arch, tasks)
+
+
+def rebuild_model(cfg: Config, run: RunFolder, tasks: dict[str, Task]) -> MultiTaskModel:
+    """The trained model of ``run`` with its best weights, in eval mode."""
+    if architecture_class(cfg.architecture.name).saves_backbone(cfg.architecture.args):
+        backbone = backbone_from_config(cfg.model, run.backbone_dir)
+    else:  # the run holds adapters only: the base comes from its source
+        backbone, _ = load_backbone(cfg.model)
+    model = build_model(cfg, backbone, tasks)
+    run.load_best(model)
+    return model.eval()

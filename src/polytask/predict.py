@@ -6,52 +6,44 @@ tokenizer + label vocabularies); nothing is unpickled and nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from polytask import checkpoint as ckpt
-from polytask.config import from_dict
+from polytask.backbones import pad_id
 from polytask.data.records import Record
-from polytask.errors import CheckpointError, DataError, PolytaskError
-from polytask.evaluate import predict_features
-from polytask.model import build_model
+from polytask.errors import DataError, PolytaskError
+from polytask.dataset import encode_all, prepare
+from polytask.evaluate import evaluate, macro_score, predict_features
+from polytask.model import rebuild_model
+from polytask.run_folder import RunFolder
 from polytask.tasks import build_task
 
 
 class Predictor:
-    def __init__(self, cfg, model, tasks, tokenizer, run_dir: Path):
-        self.cfg, self.model, self.tasks, self.tokenizer, self.run_dir = cfg, model, tasks, tokenizer, run_dir
+    def __init__(self, cfg, model, tasks, tokenizer, run: RunFolder):
+        self.cfg, self.model, self.tasks, self.tokenizer, self.run = cfg, model, tasks, tokenizer, run
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def pad_id(self) -> int:
+        return pad_id(self.tokenizer)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Predictor":
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        run_dir = Path(run_dir)
-        ckpt.check_format(run_dir)
-        for name in ("config.yaml", "vocab.json", "model.safetensors", "tokenizer", "backbone"):
-            if not (run_dir / name).exists():
-                raise CheckpointError(f"{run_dir} is not a complete run folder: {name} is missing")
-        cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
-        vocab = json.loads((run_dir / "vocab.json").read_text())
+        run = RunFolder(run_dir)
+        run.require_complete()
+        cfg = run.read_config()
+        vocab = run.read_vocab()
         tasks = {}
         for tc in cfg.tasks:
             task = build_task(tc)
             task.load_vocab_state(vocab[tc.name])
             tasks[tc.name] = task
-        if cfg.model.kind == "causal_lm":  # LoRA runs hold adapters only: the base comes from its source
-            from polytask.architectures.causal_lm import rebuild_backbone
-
-            backbone = rebuild_backbone(cfg, run_dir)
-        else:
-            backbone = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / "backbone"))
-        model = build_model(cfg, backbone, tasks)
-        ckpt.load_weights(model, run_dir / "model.safetensors")
-        model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
-        return cls(cfg, model, tasks, tokenizer, run_dir)
+        model = rebuild_model(cfg, run, tasks)
+        return cls(cfg, model, tasks, run.load_tokenizer(), run)
 
     def predict(self, task: str, inputs: list[Any], batch_size: int = 64) -> list:
         """Predict for raw inputs: strings (the text) or dicts of fields (task or column names)."""
@@ -68,9 +60,22 @@ class Predictor:
         if problems:
             raise DataError(problems)
         feats = t.encode(examples, self.tokenizer, self.cfg.model.max_length)
-        pad_id = self.tokenizer.pad_token_id or 0
-        return predict_features(self.model, t, feats, pad_id, batch_size)
+        return predict_features(self.model, t, feats, self.pad_id, batch_size)
 
     def predict_all(self, inputs: list[Any], batch_size: int = 64) -> dict[str, list]:
         """Every task's prediction for the same inputs (tasks whose fields the inputs have)."""
         return {name: self.predict(name, inputs, batch_size) for name in self.tasks}
+
+
+def evaluate_run(run_dir: str | Path, split: str = "dev", overrides: list[str] | None = None) -> dict:
+    """A trained run's metrics on its configured ``split`` data; ``overrides`` may move the data
+    (``data_dir=...``). The saved label vocabularies are used, not ones refit on today's files."""
+    pred = Predictor.load(run_dir)
+    cfg = pred.run.read_config(overrides)
+    data = prepare(cfg, splits=("train", split))
+    for name, td in data.items():
+        td.task = pred.tasks[name]
+        td.examples.pop("train", None)
+    encode_all(data, pred.tokenizer, cfg.model.max_length)
+    results = evaluate(pred.model, data, split, pred.pad_id, cfg.train.eval_batch_size)
+    return {"split": split, "metrics": results, "macro": macro_score(results, pred.tasks)}

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def plot_training(log_path: Path, out_path: Path) -> Path:
-    """Loss, dev main metric, task weights (top); gradient cosines and norms (bottom)."""
+def plot_training(events: list[dict], out_path: Path) -> Path:
+    """Loss, dev main metric, task weights (top); gradient cosines and norms (bottom), from a
+    run's events (:meth:`polytask.run_folder.RunFolder.events`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    events = read_log(log_path)
     train = [e for e in events if e["kind"] == "train"]
     evals = [e for e in events if e["kind"] == "eval"]
     fig, grid = plt.subplots(2, 3, figsize=(15, 8))

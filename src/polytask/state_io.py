@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from polytask.checkpoint import atomic_write
+from polytask.files import atomic_write
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], path: str = "s") -> Any:

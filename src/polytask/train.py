@@ -1,20 +1,22 @@
-"""The training loop: one function, read top to bottom.
+"""The training loop, read top to bottom: :func:`train` is set-up, loop, finish.
 
-    prepare data -> build model, weighting, sampler, optimizer -> (resume from a checkpoint)
-    for each step:
-        pick task(s) -> forward each batch -> losses -> (task gradients) -> weighting.combine
-        -> backward -> non-finite check -> clip -> optimizer step -> log
-        every eval_every: evaluate, keep the best; every checkpoint_every: checkpoint
+    set_up:  prepare data -> load backbone -> build model, weighting, draws, optimizer
+             -> write the run folder (or restore the last checkpoint for --resume)
+    loop:    for each step: draw task(s) and examples -> forward each batch -> losses
+             -> (task gradients) -> weighting.combine -> backward -> non-finite check -> clip
+             -> optimizer step -> log; every eval_every: evaluate, keep the best;
+             every checkpoint_every: checkpoint
+    finish:  best weights -> dev and test metrics -> summary.json, training.png
 
-Nothing here names a weighting method, an architecture or a task type: they plug in through
-``Weighting.combine``, ``Architecture.forward`` and ``Task.loss``. Everything that changes
-during training (model, optimizer, scheduler, weighting, sampler, batch streams, RNGs, the
-loop's own counters) is in the checkpoint, so ``--resume`` continues the exact trajectory.
+Nothing here names a weighting method, an architecture, a task type or a backbone kind: they
+plug in through ``Weighting.combine``, ``Architecture.forward``, ``Task.loss`` and
+:func:`polytask.backbones.load_backbone`. Everything that changes during training (model,
+optimizer, scheduler, weighting, draws, RNGs, the loop's own counters) is in the checkpoint, so
+``--resume`` continues the exact trajectory.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
@@ -28,19 +30,18 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from polytask import checkpoint as ckpt
-from polytask.backbones.encoder import load_encoder
-from polytask.batching import BatchStream
-from polytask.config import Config, from_dict, load_config, to_dict
-from polytask.dataset import encode_all, prepare
-from polytask.errors import CheckpointError, ConfigError, PolytaskError
+from polytask.backbones import load_backbone, pad_id
+from polytask.config import Config, load_config
+from polytask.dataset import TaskData, encode_all, prepare
+from polytask.draws import StepDraws
+from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines, task_gram
 from polytask.model import MultiTaskModel, build_model
 from polytask.report import plot_training
+from polytask.run_folder import RunFolder
 from polytask.sampling import build_sampler
-from polytask.state_io import load_state, save_state
-from polytask.weighting import build_weighting
+from polytask.weighting import Weighting, build_weighting
 
 
 class NonFiniteError(PolytaskError):
@@ -68,6 +69,40 @@ class LoopState:
         self.running[task] = loss if prev is None else beta * prev + (1 - beta) * loss
 
 
+@dataclass
+class Session:
+    """Everything a run trains with, built once by :func:`set_up`."""
+
+    cfg: Config
+    run: RunFolder
+    data: dict[str, TaskData]
+    tasks: dict
+    model: MultiTaskModel
+    weighting: Weighting
+    draws: StepDraws
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    grad_params: list | None
+    pad_id: int
+
+    @property
+    def stateful(self) -> dict:
+        """What a checkpoint saves besides the model (each has state_dict/load_state_dict)."""
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "weighting": self.weighting,
+                "draws": self.draws}
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step did, for the log."""
+
+    names: list[str]  # the tasks of the last micro-step
+    weights: dict[str, float]
+    grad_norms: dict[str, float]
+    cosine: torch.Tensor | None  # (T, T) over ``names`` when task gradients were taken
+    fault: tuple | None  # (what, task, example indices) of a non-finite loss or gradient
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -90,11 +125,12 @@ def build_components(cfg: Config, tasks: list[str], sizes: list[int]):
 def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW; weight decay on weight matrices only (not biases or LayerNorm); heads may get their own lr."""
     t = cfg.train
+    heads = model.head_parameter_names()
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr = t.head_lr if (t.head_lr and name.startswith("heads.")) else t.lr
+        lr = t.head_lr if (t.head_lr and name in heads) else t.lr
         decay = t.weight_decay if p.ndim >= 2 else 0.0
         groups.setdefault((lr, decay), []).append(p)
     params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
@@ -104,209 +140,204 @@ def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Modul
     return torch.optim.AdamW(params, lr=t.lr)
 
 
-class Events:
-    """metrics.jsonl: one JSON object per line, appended and flushed as it happens."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, event: dict) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(event) + "\n")
-
-    def truncate_after(self, step: int) -> None:
-        """Drop events logged after ``step`` (they are replayed by a resumed run)."""
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        ckpt.atomic_write(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-        elif signum == signal.SIGINT:  # a second Ctrl-C: a person wants it to stop now
-            raise KeyboardInterrupt
-        # a repeated SIGTERM (schedulers, parent-death signals) must not cut the checkpoint short
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+# ---------------------------------------------------------------------------------------------
+# train(): set-up, loop, finish
 
 
 def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = None,
           progress: bool = True, resume: str | Path | None = None) -> Path:
     """Train a multi-task model (or continue ``resume``, a run folder); returns the run folder."""
+    cfg, run = resolve_run(cfg, overrides, resume)
+    s = set_up(cfg, run, resuming=resume is not None)
+    state = restore(s) if resume is not None else start(s)
+    state = run_loop(s, state, progress)
+    finish(s, state)
+    return run.path
+
+
+def resolve_run(cfg, overrides: list[str] | None, resume) -> tuple[Config, RunFolder]:
+    """The config (a Config, a YAML path, or a resumed run's own) and its run folder."""
     if resume is not None:
-        resume = Path(resume)
-        cfg = resumed_config(resume, overrides)
-    elif not isinstance(cfg, Config):
-        if cfg is None:
-            raise ConfigError("give a config file, or --resume RUN_DIR")
+        run = RunFolder(resume)
+        run.check_format()
+        return run.read_config(overrides), run  # overrides may extend it, e.g. train.max_steps
+    if cfg is None:
+        raise ConfigError("give a config file, or --resume RUN_DIR")
+    if not isinstance(cfg, Config):
         cfg = load_config(cfg, overrides)
+    return cfg, RunFolder(cfg.run_dir)
+
+
+def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
+    """Data, model, weighting, draws and optimizer; nothing is trained yet."""
     t = cfg.train
     seed_everything(cfg.seed)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    run_dir = resume or cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    # --- data and model ------------------------------------------------------------------
+    run.create()
     data = prepare(cfg)  # raises DataError listing every problem before anything is built
-    if cfg.model.kind == "causal_lm":  # a decoder LLM for generation tasks (docs/llm.md)
-        from polytask.backbones.causal_lm import load_causal_lm
-
-        backbone, tokenizer = load_causal_lm(cfg.model.backbone, cfg.model.dtype)
-    else:
-        backbone, tokenizer = load_encoder(cfg.model.backbone)
+    backbone, tokenizer = load_backbone(cfg.model)
     encode_all(data, tokenizer, cfg.model.max_length)
     tasks = {name: td.task for name, td in data.items()}
     seed_everything(cfg.seed)  # heads are initialised the same whatever loading consumed
     model = build_model(cfg, backbone, tasks)
-    sizes = [len(data[n].features["train"]) for n in tasks]
-    weighting, sampler = build_components(cfg, list(tasks), sizes)
     lengths = {n: [len(f["input_ids"]) for f in data[n].features["train"]] for n in tasks}
-    streams = {n: BatchStream(lengths[n], t.batch_size, cfg.seed + i, grouped=t.length_grouping)
-               for i, n in enumerate(tasks)}
-    # separate streams for cosine probes, so that probing does not change what is trained on
-    probes = {n: BatchStream(lengths[n], t.batch_size, cfg.seed + 1000 + i, grouped=t.length_grouping)
-              for i, n in enumerate(tasks)}
-    cosine_every = t.eval_every if t.cosine_every is None else t.cosine_every
+    weighting, sampler = build_components(cfg, list(tasks), [len(v) for v in lengths.values()])
+    draws = StepDraws(sampler, lengths, t.batch_size, cfg.seed, t.max_steps, weighting.needs_all_tasks,
+                      grouped=t.length_grouping)
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = get_scheduler(
         "constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
         num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
     )
-    grad_params = balance_params(model, t.grad_space, t.grad_layers)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    log = Events(run_dir / "metrics.jsonl")
-    state = LoopState()
-    stateful = {"optimizer": optimizer, "scheduler": scheduler, "weighting": weighting,
-                "sampler": sampler, **{f"stream:{n}": s for n, s in streams.items()},
-                **{f"probe:{n}": s for n, s in probes.items()}}
+    if not resuming:
+        save_run_files(cfg, run, tasks, tokenizer, backbone)
+    return Session(cfg, run, data, tasks, model, weighting, draws, optimizer, scheduler,
+                   balance_params(model, t.grad_space, t.grad_layers), pad_id(tokenizer))
 
-    if resume is not None:
-        state = restore_checkpoint(run_dir, model, stateful)
-        log.truncate_after(state.step)
-        print(f"resuming {run_dir} at step {state.step}")
-    else:
-        save_run_files(cfg, run_dir, tasks, tokenizer, backbone)
-        log.path.write_text("")
-        log.write({"kind": "start", "step": 0, "params": model.describe(), "train_sizes": dict(zip(tasks, sizes))})
 
-    def checkpoint() -> None:
-        ckpt.save_checkpoint(run_dir, state.step, lambda d: write_checkpoint(d, model, stateful, state),
-                             keep=t.keep_checkpoints)
+def start(s: Session) -> LoopState:
+    s.run.reset_events()
+    sizes = {n: len(s.data[n].features["train"]) for n in s.tasks}
+    s.run.append_event({"kind": "start", "step": 0, "params": s.model.describe(), "train_sizes": sizes})
+    return LoopState()
 
-    # --- the loop ------------------------------------------------------------------------
+
+def restore(s: Session) -> LoopState:
+    state = restore_checkpoint(s.run, s.model, s.stateful)
+    s.run.truncate_events_after(state.step)
+    print(f"resuming {s.run.path} at step {state.step}")
+    return state
+
+
+def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
+    """Steps until ``max_steps``, early stopping, or a signal (checkpoint, then Interrupted)."""
+    t = s.cfg.train
     bar = tqdm(total=t.max_steps, initial=state.step, desc="train", disable=not progress, dynamic_ncols=True)
     started = time.perf_counter() - state.elapsed
     with StopFlag() as stop:
         while state.step < t.max_steps:
-            step = state.step
-            model.train()
-            step_weights: dict[str, float] = {}
-            grad_norms: dict[str, float] = {}
-            step_cos, fault = None, None
-            for _ in range(t.grad_accum):
-                names = list(tasks) if weighting.needs_all_tasks else [sampler.sample(step, t.max_steps)]
-                indices = {n: streams[n].next() for n in names}
-                batches = {n: train_batch(data[n], indices[n], pad_id) for n in names}
-                want_gram = len(names) > 1 and (step + 1) % t.log_every == 0
-                result = forward_backward(model, tasks, batches, weighting, t, grad_params, want_gram, t.grad_accum)
-                if result.bad_task is not None:
-                    fault = ("loss", result.bad_task, indices[result.bad_task])
-                    break
-                if result.gram is not None:
-                    step_cos = cosines(result.gram)
-                    grad_norms.update(zip(names, result.gram.diagonal().clamp(min=0).sqrt().tolist()))
-                for name, loss, w in zip(names, result.losses, result.weights):
-                    state.update_loss(name, loss)
-                    step_weights[name] = w
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-            if fault is None and not torch.isfinite(norm):
-                fault = ("gradient", names[0] if len(names) == 1 else ",".join(names), indices[names[0]])
-            if len(names) == 1 and t.grad_accum == 1:
-                grad_norms.setdefault(names[0], float(norm))
-            if fault is None:
-                optimizer.step()
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            outcome = train_step(s, state)
             state.step += 1
-            if fault is not None:
-                handle_fault(cfg, state, log, fault, data, bar)
+            if outcome.fault is not None:
+                handle_fault(s.cfg, state, s.run, outcome.fault, s.data, bar)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in state.running.items()}, refresh=False)
-
             if state.step % t.log_every == 0:
-                event = {"kind": "train", "step": state.step, "loss": dict(state.running), "weights": step_weights,
-                         "grad_norm": grad_norms, "lr": scheduler.get_last_lr()[0],
-                         "elapsed": time.perf_counter() - started}
-                cos_names = names  # the tasks step_cos is about
-                if step_cos is None and len(tasks) > 1 and probe_due(state.step, t.log_every, cosine_every):
-                    cos_names = list(tasks)
-                    batches = {n: train_batch(data[n], probes[n].next(), pad_id) for n in cos_names}
-                    gram = probe_gram(model, tasks, batches, t, grad_params)
-                    step_cos = cosines(gram)
-                    event["probe_grad_norm"] = dict(zip(cos_names, gram.diagonal().clamp(min=0).sqrt().tolist()))
-                if step_cos is not None:
-                    event["cosine"] = {f"{a}|{b}": float(step_cos[i, j]) for i, a in enumerate(cos_names)
-                                       for j, b in enumerate(cos_names) if i < j}
-                log.write(event)
-
+                s.run.append_event(train_event(s, state, outcome, time.perf_counter() - started))
             stop_early = False
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
-                results = evaluate(model, data, "dev", pad_id, t.eval_batch_size)
-                score = macro_score(results, tasks)
-                log.write({"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
-                           "main": {n: r[tasks[n].main_metric] for n, r in results.items()}})
-                if not results or score > state.best:
-                    state.best, state.best_step, state.stale = score, state.step, 0
-                    ckpt.save_weights(model, run_dir / "model.safetensors", {"step": state.step, "dev_macro": score})
-                else:
-                    state.stale += 1
-                bar.write(format_eval(state.step, results, score, tasks))
-                stop_early = bool(t.early_stopping and state.stale >= t.early_stopping)
+                stop_early = evaluate_and_select(s, state, bar)
             state.elapsed = time.perf_counter() - started
             if state.step % (t.checkpoint_every or t.eval_every) == 0 or stop.signum is not None:
-                checkpoint()
+                save_checkpoint(s, state)
             if stop.signum is not None:
                 bar.close()
-                name = signal.Signals(stop.signum).name
-                log.write({"kind": "interrupted", "step": state.step, "signal": name})
-                raise Interrupted(f"{name} at step {state.step}: checkpoint saved; "
-                                  f"continue with: polytask train --resume {run_dir}")
+                raise interrupted(s, state, stop.signum)
             if stop_early:
                 bar.write(f"early stopping: no improvement in {state.stale} evaluations")
                 break
     bar.close()
+    return state
 
-    # --- final: best weights on dev (and test) ---------------------------------------------
-    ckpt.load_weights(model, run_dir / "model.safetensors")
+
+def finish(s: Session, state: LoopState) -> None:
+    """The best weights' dev and test metrics in summary.json, and the training plot."""
+    s.run.load_best(s.model)
     summary = {"best_step": state.best_step, "train_seconds": state.elapsed, "steps": state.step,
-               "skipped_batches": len(state.skipped_steps), "params": model.describe()}
+               "skipped_batches": len(state.skipped_steps), "params": s.model.describe()}
     for split in ("dev", "test"):
-        results = evaluate(model, data, split, pad_id, t.eval_batch_size)
+        results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size)
         if results:
             summary[split] = results
-            summary[f"{split}_macro"] = macro_score(results, tasks)
-    ckpt.write_json(run_dir / "summary.json", summary)
-    plot_training(log.path, run_dir / "training.png")
-    return run_dir
+            summary[f"{split}_macro"] = macro_score(results, s.tasks)
+    s.run.write_summary(summary)
+    plot_training(s.run.events(), s.run.plot_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One step, its log event, evaluation
+
+
+def train_step(s: Session, state: LoopState) -> StepOutcome:
+    """One optimizer step: ``grad_accum`` micro-steps, clipping, the update (unless a fault)."""
+    t, step = s.cfg.train, state.step
+    s.model.train()
+    out = StepOutcome([], {}, {}, None, None)
+    for _ in range(t.grad_accum):
+        indices = s.draws.next(step)
+        out.names = list(indices)
+        batches = {n: train_batch(s.data[n], idx, s.pad_id) for n, idx in indices.items()}
+        want_gram = len(out.names) > 1 and (step + 1) % t.log_every == 0
+        result = forward_backward(s.model, s.tasks, batches, s.weighting, t, s.grad_params, want_gram, t.grad_accum)
+        if result.bad_task is not None:
+            out.fault = ("loss", result.bad_task, indices[result.bad_task])
+            break
+        if result.gram is not None:
+            out.cosine = cosines(result.gram)
+            out.grad_norms.update(zip(out.names, result.gram.diagonal().clamp(min=0).sqrt().tolist()))
+        for name, loss, w in zip(out.names, result.losses, result.weights):
+            state.update_loss(name, loss)
+            out.weights[name] = w
+    norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip or math.inf)
+    if out.fault is None and not torch.isfinite(norm):
+        first = out.names[0]
+        out.fault = ("gradient", first if len(out.names) == 1 else ",".join(out.names), indices[first])
+    if len(out.names) == 1 and t.grad_accum == 1:
+        out.grad_norms.setdefault(out.names[0], float(norm))
+    if out.fault is None:
+        s.optimizer.step()
+        s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) -> dict:
+    """The ``train`` log event: running losses, weights, gradient norms and cosines, examples
+    and tokens seen so far per task (as drawn by :class:`StepDraws`)."""
+    t = s.cfg.train
+    event = {"kind": "train", "step": state.step, "loss": dict(state.running), "weights": out.weights,
+             "grad_norm": out.grad_norms, "lr": s.scheduler.get_last_lr()[0], "elapsed": elapsed,
+             "examples": dict(s.draws.examples), "tokens": dict(s.draws.tokens)}
+    cos, cos_names = out.cosine, out.names
+    cosine_every = t.eval_every if t.cosine_every is None else t.cosine_every
+    if cos is None and len(s.tasks) > 1 and probe_due(state.step, t.log_every, cosine_every):
+        cos_names = list(s.tasks)
+        batches = {n: train_batch(s.data[n], s.draws.probe(n), s.pad_id) for n in cos_names}
+        gram = probe_gram(s.model, s.tasks, batches, t, s.grad_params)
+        cos = cosines(gram)
+        event["probe_grad_norm"] = dict(zip(cos_names, gram.diagonal().clamp(min=0).sqrt().tolist()))
+    if cos is not None:
+        event["cosine"] = {f"{a}|{b}": float(cos[i, j]) for i, a in enumerate(cos_names)
+                           for j, b in enumerate(cos_names) if i < j}
+    return event
+
+
+def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
+    """Dev metrics; keep the weights if the macro average improved. True: stop early."""
+    t = s.cfg.train
+    results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size)
+    score = macro_score(results, s.tasks)
+    s.run.append_event({"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
+                        "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()}})
+    if not results or score > state.best:
+        state.best, state.best_step, state.stale = score, state.step, 0
+        s.run.save_best(s.model, {"step": state.step, "dev_macro": score})
+    else:
+        state.stale += 1
+    bar.write(format_eval(state.step, results, score, s.tasks))
+    return bool(t.early_stopping and state.stale >= t.early_stopping)
+
+
+def interrupted(s: Session, state: LoopState, signum: int) -> Interrupted:
+    name = signal.Signals(signum).name
+    s.run.append_event({"kind": "interrupted", "step": state.step, "signal": name})
+    return Interrupted(f"{name} at step {state.step}: checkpoint saved; "
+                       f"continue with: polytask train --resume {s.run.path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Micro-steps
 
 
 @dataclass
@@ -376,13 +407,13 @@ def probe_due(step: int, log_every: int, every: int) -> bool:
     return every > 0 and step % log_every == 0 and step // every != (step - log_every) // every
 
 
-def handle_fault(cfg: Config, state: LoopState, log: Events, fault, data, bar) -> None:
+def handle_fault(cfg: Config, state: LoopState, run: RunFolder, fault, data, bar) -> None:
     """Apply the non-finite policy: count and skip the batch, or stop with a report."""
     kind, task, indices = fault
     first = data[task.split(",")[0]].examples["train"][indices[0]].source
     report = (f"non-finite {kind} in task '{task}' at step {state.step} "
               f"(batch of {len(indices)} examples, first: {first})")
-    log.write({"kind": "nonfinite", "step": state.step, "what": kind, "task": task, "first_example": first})
+    run.append_event({"kind": "nonfinite", "step": state.step, "what": kind, "task": task, "first_example": first})
     if cfg.train.on_nonfinite == "stop":
         raise NonFiniteError(report + "; set train.on_nonfinite=skip to skip such batches")
     state.skipped_steps = [s for s in state.skipped_steps if s > state.step - cfg.train.skip_window] + [state.step]
@@ -392,23 +423,28 @@ def handle_fault(cfg: Config, state: LoopState, log: Events, fault, data, bar) -
                              f"(train.max_skips={cfg.train.max_skips}); last: {report}")
 
 
-def write_checkpoint(directory: Path, model: torch.nn.Module, stateful: dict, state: LoopState) -> None:
-    ckpt.save_model_file(model, directory / "model.safetensors")
+# ---------------------------------------------------------------------------------------------
+# The run folder: files written at the start, checkpoints
+
+
+def save_run_files(cfg: Config, run: RunFolder, tasks, tokenizer, backbone) -> None:
+    run.write_marker()
+    run.write_config(cfg)
+    run.write_vocab({n: t.vocab_state() for n, t in tasks.items()})
+    run.save_tokenizer(tokenizer)
+    run.save_backbone_config(backbone)
+
+
+def save_checkpoint(s: Session, state: LoopState) -> None:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     rng = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
            "python": random.getstate()}
-    save_state(directory, "state", {
-        "components": {k: v.state_dict() for k, v in stateful.items()},
-        "loop": state.__dict__, "rng": rng,
-    })
+    tree = {"components": {k: v.state_dict() for k, v in s.stateful.items()}, "loop": state.__dict__, "rng": rng}
+    s.run.save_checkpoint(state.step, s.model, tree, keep=s.cfg.train.keep_checkpoints)
 
 
-def restore_checkpoint(run_dir: Path, model: torch.nn.Module, stateful: dict) -> LoopState:
-    path = ckpt.latest_good_checkpoint(run_dir)
-    if path is None:
-        raise CheckpointError(f"no usable checkpoint under {run_dir / 'checkpoints'} to resume from")
-    ckpt.load_model_file(model, path / "model.safetensors")
-    saved = load_state(path, "state")
+def restore_checkpoint(run: RunFolder, model: torch.nn.Module, stateful: dict) -> LoopState:
+    saved = run.load_checkpoint(model)
     for key, obj in stateful.items():
         obj.load_state_dict(saved["components"][key])
     rng = saved["rng"]
@@ -420,28 +456,29 @@ def restore_checkpoint(run_dir: Path, model: torch.nn.Module, stateful: dict) ->
     return LoopState(**saved["loop"])
 
 
-def resumed_config(run_dir: Path, overrides: list[str] | None) -> Config:
-    """The run's own resolved config (overrides may extend it, e.g. train.max_steps)."""
-    import yaml
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
 
-    from polytask.config import apply_override
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
 
-    ckpt.check_format(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml)")
-    raw = yaml.safe_load(path.read_text())
-    for item in overrides or []:
-        apply_override(raw, item)
-    return from_dict(raw, source=str(path))
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
 
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+        elif signum == signal.SIGINT:  # a second Ctrl-C: a person wants it to stop now
+            raise KeyboardInterrupt
+        # a repeated SIGTERM (schedulers, parent-death signals) must not cut the checkpoint short
 
-def save_run_files(cfg: Config, run_dir: Path, tasks, tokenizer, backbone) -> None:
-    ckpt.write_format_marker(run_dir)
-    ckpt.write_yaml(run_dir / "config.yaml", to_dict(cfg))
-    ckpt.write_json(run_dir / "vocab.json", {n: t.vocab_state() for n, t in tasks.items()})
-    tokenizer.save_pretrained(run_dir / "tokenizer")
-    backbone.config.save_pretrained(run_dir / "backbone")
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def format_eval(step: int, results: dict, score: float, tasks) -> str:

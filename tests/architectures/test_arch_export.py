@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from polytask import load
-from polytask.architectures.adapters import export_adapter
+from polytask.export import export_adapter
 from polytask.config import from_dict
 from polytask.errors import PolytaskError
 from polytask.train import train

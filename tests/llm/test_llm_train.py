@@ -85,7 +85,7 @@ def test_task_lora_run_learns_and_resumes_exactly(llm_config, tmp_path):
 def test_merged_adapter_equals_the_adapter(llm_config, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from polytask.architectures.causal_lm import merge_lora
+    from polytask.export import merge_lora
 
     run = train(from_dict(llm_config(peft="task_lora", max_steps=6, eval_every=6)), progress=False)
     predictor = load(run)

@@ -34,8 +34,12 @@ REGISTRY: dict[str, type[Architecture]] = {
 }
 
 
+def architecture_class(name: str) -> type[Architecture]:
+    return resolve(REGISTRY, name, "architecture")
+
+
 def build_architecture(name: str, backbone: nn.Module, tasks: list[str], args: dict | None = None) -> Architecture:
-    cls = resolve(REGISTRY, name, "architecture")
+    cls = architecture_class(name)
     args = dict(args or {})
     try:
         inspect.signature(cls).bind(backbone, tasks, **args)
@@ -45,4 +49,4 @@ def build_architecture(name: str, backbone: nn.Module, tasks: list[str], args: d
     return cls(backbone, tasks, **args)
 
 
-__all__ = ["REGISTRY", "Architecture", "Features", "build_architecture"]
+__all__ = ["REGISTRY", "Architecture", "Features", "architecture_class", "build_architecture"]

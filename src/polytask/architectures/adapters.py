@@ -12,7 +12,7 @@
 Both start as the identity (LoRA's B and the bottleneck's up-projection are zero), so training
 starts from the pretrained encoder. With ``freeze_backbone: true`` (default) only the adapters
 and the heads train; nothing is shared that trains, each task's parameters are a few per cent
-of the encoder, and one task's adapter can be exported alone (:func:`export_adapter`). With
+of the encoder, and one task's adapter can be exported alone (:func:`polytask.export.export_adapter`). With
 ``freeze_backbone: false`` the backbone is trained as shared parameters too (hard sharing plus
 per-task adapters).
 
@@ -37,7 +37,6 @@ Use a larger learning rate than for full fine-tuning when the backbone is frozen
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import warnings
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 
 from polytask.architectures.base import Architecture, Features
 from polytask.backbones.layout import attention_projections, hidden_size, transformer_blocks
-from polytask.errors import ConfigError, PolytaskError
+from polytask.errors import ConfigError
 
 KINDS = ("lora", "bottleneck")
 
@@ -272,44 +271,4 @@ def mixed_forward(model, batch: dict[str, Tensor]) -> dict[str, tuple[Tensor, Te
     return out
 
 
-def export_adapter(run_dir: str | Path, task: str, out_dir: str | Path) -> Path:
-    """Write one task's adapter (and its head) from an ``adapters`` run folder to ``out_dir``.
-
-    Files: the adapter (see :meth:`Adapters.save_task_adapter`; LoRA in PEFT's format),
-    ``head.safetensors`` (the task head's weights), ``polytask_adapter.json`` (task, kind, task
-    config, label vocabulary, backbone). When the run trained its backbone
-    (``freeze_backbone: false``) the adapter only fits that backbone, which is written to
-    ``backbone/`` (Hugging Face ``save_pretrained`` layout, without adapters).
-    """
-    from safetensors.torch import save_file
-
-    from polytask.predict import Predictor
-
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    pred = Predictor.load(run_dir)
-    arch = pred.model.arch
-    if not isinstance(arch, Adapters):
-        raise PolytaskError(f"{run_dir} was trained with architecture '{pred.cfg.architecture.name}': "
-                            "only 'adapters' runs have a per-task adapter to export")
-    if task not in arch.tasks:
-        raise PolytaskError(f"unknown task '{task}'; this run has: {', '.join(arch.tasks)}")
-    files = arch.save_task_adapter(task, out_dir, base_name=pred.cfg.model.backbone)
-    head = {k: v.detach().contiguous() for k, v in pred.model.heads[task].state_dict().items()}
-    save_file(head, str(out_dir / "head.safetensors"), metadata={"format": "pt"})
-    files.append("head.safetensors")
-    if not arch.freeze_backbone:
-        from transformers import AutoConfig, AutoModel
-
-        base = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / "backbone"))
-        base.load_state_dict(arch.plain_backbone_state(), strict=True)
-        base.save_pretrained(out_dir / "backbone")
-        files.append("backbone/")
-    meta = {"task": task, "kind": arch.kind, "freeze_backbone": arch.freeze_backbone,
-            "backbone": pred.cfg.model.backbone, "run_dir": str(run_dir),
-            "task_config": dataclasses.asdict(pred.cfg.task(task)), "vocab": pred.tasks[task].vocab_state(),
-            "files": files}
-    (out_dir / "polytask_adapter.json").write_text(json.dumps(meta, indent=2, default=str))
-    return out_dir
-
-
-__all__ = ["Adapters", "Bottleneck", "export_adapter", "mixed_forward"]
+__all__ = ["Adapters", "Bottleneck", "mixed_forward"]

@@ -30,9 +30,12 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 @dataclass
 class Features:
-    hidden: Tensor  # (B, T, H) token states the task head reads
+    hidden: Tensor  # what the task head reads: token states (B, T, H); causal_lm: logits (N, V)
     mask: Tensor  # (B, T) 1 for real tokens
-    shared: Tensor  # the shared representation (B, T, H), where representation gradients are taken
+    # the shared representation, where representation gradients are taken (summed over every
+    # axis but the last): (B, T, H) for most architectures; MTAN: every hidden state of the
+    # shared encoder (L + 1, B, T, H)
+    shared: Tensor
 
 
 class Architecture(nn.Module):
@@ -40,6 +43,12 @@ class Architecture(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tasks = list(tasks)
+
+    @classmethod
+    def saves_backbone(cls, args: dict) -> bool:
+        """Whether a run's weights include the backbone's (else only adapters are saved and the
+        backbone is loaded again from its pretrained source when the run is loaded)."""
+        return True
 
     def forward(self, batch: dict[str, Tensor], task: str) -> Features:
         raise NotImplementedError

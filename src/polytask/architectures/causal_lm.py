@@ -18,7 +18,7 @@
 
 LoRA runs save only the adapters (and a fingerprint of the base weights): the base model is
 loaded again from ``model.backbone`` when the run is loaded, and a different base is refused.
-:func:`merge_lora` writes a plain Hugging Face model with one adapter merged into its weights.
+:func:`polytask.export.merge_lora` writes a plain Hugging Face model with one adapter merged into its weights.
 
 ``forward`` returns :class:`Features` whose ``hidden`` are token logits: of every position, or
 -- when the batch holds next-token ``labels`` (R, W) -- only of the scored positions
@@ -31,13 +31,12 @@ Packed rows (``segment_ids``, ``position_ids`` in the batch) get a block-diagona
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from polytask.architectures.base import Architecture, Features
-from polytask.errors import CheckpointError, ConfigError, PolytaskError
+from polytask.errors import CheckpointError, ConfigError
 from polytask.packing import block_causal_mask
 
 PEFT_MODES = ("none", "shared_lora", "task_lora")
@@ -97,6 +96,11 @@ class CausalLM(Architecture):
                 p for n, p in self.named_parameters() if not p.requires_grad))
             self.register_state_dict_post_hook(_drop_frozen)
             self.register_load_state_dict_pre_hook(_keep_frozen)
+
+    @classmethod
+    def saves_backbone(cls, args: dict) -> bool:
+        """LoRA runs save adapters only: the base is loaded again from ``model.backbone``."""
+        return args.get("peft", "none") == "none"
 
     # -- LoRA through PEFT -------------------------------------------------------------------
     def _inject(self) -> None:
@@ -258,66 +262,4 @@ def _keep_frozen(module: CausalLM, state_dict: dict, prefix: str, local_metadata
             state_dict[prefix + name] = tensors[name]
 
 
-# -------------------------------------------------------------------------------------------
-# Loading a run's backbone, and exporting a merged model
-
-
-def uses_lora(cfg) -> bool:
-    return cfg.architecture.name == "causal_lm" and cfg.architecture.args.get("peft", "none") != "none"
-
-
-def rebuild_backbone(cfg, run_dir: Path):
-    """The backbone for loading a run: LoRA runs load the base from its source (the run holds
-    adapters only); full fine-tuning rebuilds the model from ``backbone/config.json``."""
-    from polytask.backbones.causal_lm import causal_lm_from_config, load_causal_lm
-
-    if uses_lora(cfg):
-        backbone, _ = load_causal_lm(cfg.model.backbone, cfg.model.dtype)
-        return backbone
-    return causal_lm_from_config(Path(run_dir) / "backbone", cfg.model.dtype)
-
-
-def merge_lora(run_dir: str | Path, out_dir: str | Path, task: str | None = None) -> Path:
-    """Write a plain Hugging Face causal LM (``save_pretrained``) and its tokenizer to ``out_dir``
-    with an adapter merged into the weights: ``W + (alpha / r) B A`` for every adapted layer.
-
-    ``task``: the task whose adapter to merge (required for ``task_lora``; ignored for
-    ``shared_lora``). A full fine-tuning run is written as it is. The result loads with
-    ``AutoModelForCausalLM.from_pretrained(out_dir)`` with no polytask or PEFT installed.
-    """
-    from polytask.backbones.causal_lm import causal_lm_from_config
-    from polytask.predict import Predictor
-
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    pred = Predictor.load(run_dir)
-    arch = pred.model.arch
-    if not isinstance(arch, CausalLM):
-        raise PolytaskError(f"{run_dir} was not trained with architecture 'causal_lm'")
-    name = None
-    if arch.peft == "task_lora":
-        if task is None or task not in arch.tasks:
-            raise PolytaskError(f"give --task, one of: {', '.join(arch.tasks)}")
-        name = task
-    elif arch.peft == "shared_lora":
-        name = SHARED
-    state = {}
-    if name is not None:
-        for layer in arch._tuner_layers():
-            layer.merge(adapter_names=[name])
-    adapter = {id(p) for p in arch.adapter_parameters()}
-    for key, p in arch.backbone.named_parameters():
-        if id(p) not in adapter:
-            state[key.replace(".base_layer.", ".")] = p.detach().clone()
-    plain = causal_lm_from_config(run_dir / "backbone", pred.cfg.model.dtype)
-    missing, unexpected = plain.load_state_dict(state, strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight")} if plain.config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise PolytaskError(f"merged weights do not fit the base model: missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plain.save_pretrained(out_dir)
-    pred.tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
-__all__ = ["CausalLM", "merge_lora", "rebuild_backbone", "uses_lora"]
+__all__ = ["CausalLM"]

@@ -1,1 +1,48 @@
-"""Backbones: loading pretrained models and the one place that knows model-family layouts."""
+"""Backbones: loading pretrained models, and the one place that knows model-family layouts.
+
+``model.kind`` is dispatched here and nowhere else: :data:`KINDS` maps each kind to how its
+pretrained weights are loaded and how an untrained model of a saved architecture is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+
+class Kind(NamedTuple):
+    load: Callable  # (backbone name, dtype) -> (model, tokenizer)
+    from_config: Callable  # (config folder, dtype) -> model with random weights
+
+
+def _encoder() -> Kind:
+    from polytask.backbones.encoder import encoder_from_config, load_encoder
+
+    return Kind(lambda name, dtype: load_encoder(name), encoder_from_config)
+
+
+def _causal_lm() -> Kind:
+    from polytask.backbones.causal_lm import causal_lm_from_config, load_causal_lm
+
+    return Kind(load_causal_lm, causal_lm_from_config)
+
+
+KINDS: dict[str, Callable[[], Kind]] = {"encoder": _encoder, "causal_lm": _causal_lm}
+
+
+def load_backbone(model_cfg):
+    """``(model, tokenizer)`` of ``model.backbone`` for ``model.kind`` (a ModelConfig)."""
+    return KINDS[model_cfg.kind]().load(model_cfg.backbone, model_cfg.dtype)
+
+
+def backbone_from_config(model_cfg, config_dir: str | Path):
+    """An untrained backbone of the architecture saved in ``config_dir`` (weights come later)."""
+    return KINDS[model_cfg.kind]().from_config(config_dir, model_cfg.dtype)
+
+
+def pad_id(tokenizer) -> int:
+    """The id that fills padding positions (always masked, so 0 when the tokenizer has none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+__all__ = ["KINDS", "backbone_from_config", "load_backbone", "pad_id"]

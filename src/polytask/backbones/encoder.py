@@ -54,3 +54,10 @@ def check_vocab(name: str, model, tokenizer) -> None:
             f"model.backbone: tokenizer/model mismatch for '{name}': the tokenizer has {len(tokenizer)} "
             f"tokens but the model's embedding table has {n_embed} rows"
         )
+
+
+def encoder_from_config(config_dir, dtype: str = "float32"):
+    """An untrained encoder of the saved architecture (its weights come from the run's safetensors)."""
+    from transformers import AutoConfig, AutoModel
+
+    return AutoModel.from_config(AutoConfig.from_pretrained(config_dir))

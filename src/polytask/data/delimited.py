@@ -12,7 +12,7 @@ import csv
 import io
 from pathlib import Path
 
-from polytask.data.records import Record
+from polytask.data.base import Record
 from polytask.data.textfile import read_text
 from polytask.errors import DataProblem
 

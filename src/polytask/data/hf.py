@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from polytask.data.records import Record
+from polytask.data.base import Record
 from polytask.errors import DataProblem
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from polytask.data.records import Record
+from polytask.data.base import Record
 from polytask.data.textfile import read_text, split_lines
 from polytask.errors import DataProblem
 

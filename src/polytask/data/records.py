@@ -1,4 +1,4 @@
-"""The one shape every reader returns, and :func:`read_records`, which picks the reader.
+"""The reader for a file: :func:`read_records` picks it from the format or the file extension.
 
 Readers never raise on bad content: they return ``(records, problems)`` so that a caller can
 check every file of every task first and report all problems together in one
@@ -7,28 +7,19 @@ check every file of every task first and report all problems together in one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polytask.data.base import Record
+from polytask.data.conll import read_conll
+from polytask.data.delimited import read_delimited
+from polytask.data.hf import read_hf
+from polytask.data.jsonl import read_jsonl
 from polytask.errors import DataProblem
 
 FORMATS = ("jsonl", "csv", "tsv", "conll", "hf")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
               ".conll": "conll", ".txt": "conll", ".iob": "conll"}
-
-
-@dataclass
-class Record:
-    """One example as read, before any task validates it.
-
-    ``file`` and ``line`` travel with the example so that a task rejecting a field later can
-    still say exactly where the bad value is.
-    """
-
-    fields: dict[str, Any]
-    file: str
-    line: int
 
 
 def infer_format(path: str | Path) -> str | None:
@@ -44,12 +35,6 @@ def read_records(path: str | Path, fmt: str | None = None, *, max_examples: int 
 
     ``max_examples`` keeps the first N valid records and stops reading there.
     """
-    # Imported here: each reader imports Record from this module.
-    from polytask.data.conll import read_conll
-    from polytask.data.delimited import read_delimited
-    from polytask.data.hf import read_hf
-    from polytask.data.jsonl import read_jsonl
-
     fmt = fmt.lower() if fmt else infer_format(path)
     if fmt == "hf":
         return read_hf(str(path), split, config_name=config_name, data_files=data_files,

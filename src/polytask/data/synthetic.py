@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from polytask.data.records import Record
+from polytask.data.base import Record
 
 SYNTHETIC_TASKS = ("sentiment", "topic", "similarity", "entities")
 SPLITS = ("train", "dev", "test")
