@@ -252,21 +252,7 @@ def _build(tp: Any, value: Any, path: str) -> Any:
     where = path or "<top>"
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
-        hints = typing.get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
-        unknown = [k for k in value if k not in fields]
-        if unknown:
-            known = ", ".join(fields)
-            raise ConfigError(f"{_join(path, unknown[0])}: unknown key (known: {known})")
-        kwargs = {}
-        for name, f in fields.items():
-            if name in value:
-                kwargs[name] = _build(hints[name], value[name], _join(path, name))
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{_join(path, name)}: required key is missing")
-        return tp(**kwargs)
+        return _build_dataclass(tp, value, path)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -309,6 +295,25 @@ def _build(tp: Any, value: Any, path: str) -> Any:
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {_show(value)}")
     return value
+
+
+def _build_dataclass(tp: Any, value: Any, path: str) -> Any:
+    """A dataclass from a mapping: unknown and missing keys are errors naming their path."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path or '<top>'}: expected a mapping, got {_show(value)}")
+    hints = typing.get_type_hints(tp)
+    fields = {f.name: f for f in dataclasses.fields(tp)}
+    unknown = [k for k in value if k not in fields]
+    if unknown:
+        known = ", ".join(fields)
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown key (known: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _build(hints[name], value[name], _join(path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(path, name)}: required key is missing")
+    return tp(**kwargs)
 
 
 def validate(cfg: Config, source: str) -> None:
