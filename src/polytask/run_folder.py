@@ -142,11 +142,6 @@ class RunFolder:
     def save_backbone_config(self, backbone: nn.Module) -> None:
         backbone.config.save_pretrained(self.backbone_dir)
 
-    def backbone_config(self):
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(self.backbone_dir)
-
     # -- the best weights ----------------------------------------------------------------------
     def save_best(self, model: nn.Module, meta: dict) -> None:
         save_weights(model, self.weights_path, meta)

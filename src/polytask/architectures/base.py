@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from polytask.backbones.layout import transformer_blocks
+from polytask.backbones.layout import accepts_token_type_ids, transformer_blocks
 from polytask.errors import ConfigError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -54,7 +54,7 @@ class Architecture(nn.Module):
         raise NotImplementedError
 
     def backbone_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        keys = MODEL_INPUTS if getattr(self.backbone.config, "type_vocab_size", 0) > 1 else MODEL_INPUTS[:2]
+        keys = MODEL_INPUTS if accepts_token_type_ids(self.backbone) else MODEL_INPUTS[:2]
         return {k: batch[k] for k in keys if k in batch}
 
     def shared_parameters(self) -> list[nn.Parameter]:

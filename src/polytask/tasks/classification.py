@@ -56,11 +56,6 @@ class ClassificationTask(Task):
     def decode(self, out: Tensor, batch: dict[str, Tensor]) -> list[str]:
         return [self.labels[i] for i in out.argmax(-1).tolist()]
 
-    def scores(self, out: Tensor) -> list[dict[str, float]]:
-        """Class probabilities per example, for ``predict --scores``."""
-        probs = out.softmax(-1).tolist()
-        return [dict(zip(self.labels, p)) for p in probs]
-
     def metrics(self, preds: list, refs: list) -> dict[str, float]:
         result = {
             "accuracy": M.accuracy(refs, preds),

@@ -146,16 +146,6 @@ def min_norm_wolfe(K: Tensor, max_iter: int = 1000) -> Tensor:
     return a / a.sum()
 
 
-def project_simplex(v: Tensor) -> Tensor:
-    """Euclidean projection of ``v`` (T,) onto the probability simplex."""
-    u, _ = torch.sort(v, descending=True)
-    css = torch.cumsum(u, 0) - 1.0
-    k = torch.arange(1, v.numel() + 1, dtype=v.dtype, device=v.device)
-    rho = int(torch.nonzero(u - css / k > 0).max())
-    theta = css[rho] / (rho + 1)
-    return (v - theta).clamp(min=0.0)
-
-
 def psd_sqrt_factor(K: Tensor) -> Tensor:
     """R (T, T) with ``R^T R = K`` (K clipped to its PSD part), via eigendecomposition."""
     lam, V = torch.linalg.eigh(K)  # (T,), (T, T)
