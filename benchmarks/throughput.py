@@ -86,10 +86,12 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
     """Train with polytask's own trainer; time the window between the logs of steps warmup and steps+warmup."""
     import torch
 
+    import polytask.draws as D
     import polytask.train as T
     from polytask.batching import BatchStream
     from polytask.config import from_dict, to_dict
     from polytask.evaluate import evaluate as real_evaluate
+    from polytask.run_folder import RunFolder
 
     raw = to_dict(cfg)
     total_steps = warmup + steps
@@ -110,7 +112,7 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
         def next(self):
             return timers.wrap("batch streams", super().next)()
 
-    orig_write = T.Events.write
+    orig_write = RunFolder.append_event
 
     def write(self, event):
         if event.get("kind") == "train" and event["step"] == warmup:
@@ -164,8 +166,8 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
         finally:
             timers.open = was
 
-    patch(T, "BatchStream", TimedStream)
-    patch(T.Events, "write", write)
+    patch(D, "BatchStream", TimedStream)
+    patch(RunFolder, "append_event", write)
     patch(T, "build_components", build_components)
     patch(T, "prepare", prepare)
     patch(T, "forward_backward", forward_backward)

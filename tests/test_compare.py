@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from polytask.compare import (SINGLE, config_differences, delta_m_defined, exposure, plan_compare,
-                              relative_changes, replay, run_compare, throughput, train_lengths)
-from polytask.compare_report import format_table, verdicts
+from polytask.compare import (SINGLE, config_differences, delta_m_defined, exposure, format_table, plan_compare,
+                              relative_changes, replay, run_compare, throughput, train_lengths, verdicts)
 from polytask.config import from_dict, to_dict
 from polytask.errors import ConfigError
 from polytask.metrics import delta_m
@@ -152,6 +151,7 @@ def test_config_differences_ignore_location():
 
 def test_replay_matches_what_training_drew(tiny_backbone, tmp_path, monkeypatch):
     """The replayed examples/tokens per task equal the batches the trainer actually took."""
+    import polytask.draws as draws_mod
     import polytask.train as train_mod
     from polytask.batching import BatchStream
 
@@ -163,12 +163,13 @@ def test_replay_matches_what_training_drew(tiny_backbone, tmp_path, monkeypatch)
             drawn.append((self.seed, len(idx), sum(self.lengths[i] for i in idx)))
             return idx
 
-    monkeypatch.setattr(train_mod, "BatchStream", Counting)
+    monkeypatch.setattr(draws_mod, "BatchStream", Counting)  # StepDraws makes the trainer's streams
     raw = two_task_raw(tiny_backbone, tmp_path)
     raw["train"].update(max_steps=14, eval_every=7, grad_accum=2)
     raw["sampling"] = {"name": "annealed"}
     cfg = from_dict(raw)
     train_mod.train(cfg, progress=False)
+    monkeypatch.undo()  # count what training drew, not the replay's own draws (same StepDraws)
     rep = replay(cfg, train_lengths(cfg), 14)
     seeds = {cfg.seed + i: n for i, n in enumerate(rep["tasks"])}  # the cosine probes' streams are not training
     for j, name in enumerate(rep["tasks"]):

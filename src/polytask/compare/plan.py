@@ -1,0 +1,315 @@
+"""Planning a comparison: every sub-run with its config and budget; nothing is trained.
+
+:func:`plan_compare` turns the base config (with its ``compare`` section) into one
+:class:`SubRun` per single-task model, method and seed. Sub-run configs are built from the base
+:class:`~polytask.config.Config` dataclass with :func:`dataclasses.replace` (the only detour
+through the raw form is :func:`with_overrides`, since ``a.b=c`` strings address raw keys).
+
+Budgets (``compare.budget``):
+
+* ``examples`` (default): single-task model t gets ``round(max_steps * p_t)`` steps, ``p_t`` the
+  base sampler's mean probability of t (:func:`exposure`), so it sees as many examples of t as
+  the base multi-task model; a method's steps are scaled so that its total number of training
+  examples equals the base's (unless its overrides set ``train.max_steps``).
+* ``steps``: every model runs ``train.max_steps`` steps.
+
+``eval_every`` is scaled with the steps so that every model gets the same number of dev
+evaluations. :func:`check_finished` refuses a finished sub-run trained with another config.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from polytask.compare.prepared import Prepared
+from polytask.config import (CompareConfig, ComponentConfig, Config, MethodConfig, TrainConfig, apply_override,
+                             from_dict, to_dict, validate)
+from polytask.errors import ConfigError
+from polytask.run_folder import RunFolder
+
+SINGLE = "single"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# keys that locate a run rather than define it: they may differ between a finished sub-run and
+# today's plan (e.g. the data moved) without making its numbers stale
+_LOCATION_KEYS = {("data_dir",), ("output_dir",), ("name",), ("train", "num_threads")}
+
+
+@dataclass
+class SubRun:
+    """One training run of the comparison: a single-task model, or one multi-task method."""
+
+    method: str  # SINGLE or a method name
+    task: str | None  # the task of a single-task run
+    seed: int
+    cfg: Config
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
+    @property
+    def key(self) -> str:
+        return f"{SINGLE}/{self.task}/seed{self.seed}" if self.method == SINGLE else f"{self.method}/seed{self.seed}"
+
+    @property
+    def finished(self) -> bool:
+        # a stray summary alone (e.g. written into a folder that was moved away) is not a finished run
+        return self.folder.is_finished()
+
+
+@dataclass
+class Plan:
+    cfg: Config  # the base config (with its compare section)
+    root: Path
+    tasks: list[str]
+    seeds: list[int]
+    methods: list[str]
+    budget_rule: str
+    sizes: dict[str, int]
+    runs: list[SubRun]
+    notes: list[str] = field(default_factory=list)
+
+    def select(self, method: str, seed: int | None = None) -> list[SubRun]:
+        return [r for r in self.runs if r.method == method and (seed is None or r.seed == seed)]
+
+
+def weighting_class(name: str):
+    from polytask.registry import resolve
+    from polytask.weighting import REGISTRY
+
+    return resolve(REGISTRY, name, "weighting")
+
+
+def exposure(cfg: Config, sizes: dict[str, int]) -> dict[str, float]:
+    """Expected training examples of each task per optimizer step under ``cfg``.
+
+    ``batch_size * grad_accum`` times the sampler's probability of the task, averaged over the
+    run's steps (annealed samplers change it over time); every task gets a full batch per
+    micro-step when the weighting method needs all tasks in every step.
+    """
+    import torch
+
+    from polytask.sampling import build_sampler
+
+    names = [t.name for t in cfg.tasks]
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    if weighting_class(cfg.weighting.name).needs_all_tasks:
+        return {n: float(per_step) for n in names}
+    sampler = build_sampler(cfg.sampling.name, names, [sizes[n] for n in names], cfg.seed, cfg.sampling.args)
+    steps = cfg.train.max_steps
+    stride = max(1, steps // 1000)  # the mean over at most ~1000 points is plenty
+    probs = torch.stack([sampler.probabilities(s, steps) for s in range(0, steps, stride)]).mean(0)
+    return {n: float(per_step * p) for n, p in zip(names, probs.tolist())}
+
+
+def n_evaluations(steps: int, eval_every: int) -> int:
+    """How many dev evaluations a run of ``steps`` makes (every ``eval_every`` and at the end)."""
+    return math.ceil(steps / eval_every)
+
+
+def _eval_every_for(steps: int, evals: int) -> int:
+    return max(1, math.ceil(steps / max(evals, 1)))
+
+
+def _sets_key(overrides: list[str], key: str) -> bool:
+    return any(o.partition("=")[0].strip() == key for o in overrides)
+
+
+def with_overrides(cfg: Config, overrides: list[str], what: str) -> Config:
+    """``cfg`` with ``a.b=c`` override strings applied (validated, as for ``polytask train``).
+
+    The one place compare goes through the raw form: an override addresses raw keys
+    (``tasks.NAME.x``, ``train.lr``) and its value is parsed and type-checked like YAML.
+    """
+    if not overrides:
+        return cfg
+    raw = to_dict(cfg)
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return from_dict(raw, source=what)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# plan_compare
+
+
+def plan_compare(cfg: Config, sizes: dict[str, int] | None = None, prepared: Prepared | None = None) -> Plan:
+    """Every sub-run with its config and budget; nothing is trained.
+
+    ``sizes`` (training examples per task) default to those of ``prepared`` (the comparison's
+    data, read once); without either, the training data is read here.
+    """
+    cc = cfg.compare or CompareConfig()
+    seeds = _seeds(cfg, cc)
+    methods = _methods(cc)
+    if sizes is None:
+        sizes = (prepared or Prepared(cfg, splits=("train",))).sizes
+    planner = _Planner(copy.deepcopy(replace(cfg, compare=None)), sizes, cc, cfg.run_dir)
+    runs: list[SubRun] = []
+    for seed in seeds:
+        runs += [planner.single(t.name, seed) for t in cfg.tasks]  # (a) single-task baselines
+        runs += [planner.method(m, seed) for m in methods]  # (b) multi-task methods
+    return Plan(cfg, cfg.run_dir, [t.name for t in cfg.tasks], seeds, [m.name for m in methods], cc.budget,
+                sizes, runs, planner.notes)
+
+
+def _seeds(cfg: Config, cc: CompareConfig) -> list[int]:
+    seeds = list(cc.seeds) if cc.seeds else [cfg.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"compare.seeds: duplicate seeds in {seeds}")
+    return seeds
+
+
+def _methods(cc: CompareConfig) -> list[MethodConfig]:
+    methods = list(cc.methods) or [MethodConfig(name="mtl")]
+    seen: set[str] = set()
+    for i, m in enumerate(methods):
+        if not _NAME.match(m.name) or m.name == SINGLE:
+            raise ConfigError(f"compare.methods[{i}].name: '{m.name}' must be a folder name "
+                              f"(letters, digits, '-', '_', '.') other than '{SINGLE}'")
+        if m.name in seen:
+            raise ConfigError(f"compare.methods[{i}].name: duplicate method name '{m.name}'")
+        seen.add(m.name)
+    return methods
+
+
+class _Planner:
+    """Builds the sub-run configs from the base config (without its compare section)."""
+
+    def __init__(self, base: Config, sizes: dict[str, int], cc: CompareConfig, root: Path):
+        self.base, self.sizes, self.cc, self.root = base, sizes, cc, root
+        self.notes: list[str] = []
+        t = base.train
+        self.evals = n_evaluations(t.max_steps, t.eval_every)  # every model gets as many evaluations
+        self.base_exp = exposure(base, sizes)
+        self.base_total = sum(self.base_exp.values())
+
+    def single(self, task: str, seed: int) -> SubRun:
+        """Plain fine-tuning of one task: hard sharing with one head, unweighted loss."""
+        t = self.base.train
+        steps = t.max_steps
+        if self.cc.budget == "examples":
+            steps = max(1, round(t.max_steps * self.base_exp[task] / (t.batch_size * t.grad_accum)))
+        every = _eval_every_for(steps, self.evals)
+        train = replace(t, max_steps=steps, eval_every=every, log_every=min(t.log_every, every),
+                        checkpoint_every=None if t.checkpoint_every is None else every)
+        cfg = replace(self.base, tasks=[self.base.task(task)], train=train, architecture=ComponentConfig("hard"),
+                      weighting=ComponentConfig("equal"), sampling=ComponentConfig("proportional"))
+        what = f"single-task run '{task}'"
+        cfg = with_overrides(cfg, self.cc.single_overrides, what)
+        return self._sub_run(SINGLE, task, seed, cfg, self.root / SINGLE / task, what)
+
+    def method(self, m: MethodConfig, seed: int) -> SubRun:
+        """The base config with the method's components, then its overrides."""
+        what = f"method '{m.name}'"
+        parts = {p: getattr(m, p) for p in ("weighting", "sampling", "architecture") if getattr(m, p) is not None}
+        probe = with_overrides(replace(self.base, **parts), m.overrides, what)
+        validate(probe, what)
+        cfg = replace(probe, train=self._method_train(m, probe))
+        return self._sub_run(m.name, None, seed, cfg, self.root / "mtl" / m.name, what)
+
+    def _method_train(self, m: MethodConfig, probe: Config) -> TrainConfig:
+        steps = self.base.train.max_steps
+        t = probe.train
+        m_steps = t.max_steps
+        if self.cc.budget == "examples" and not _sets_key(m.overrides, "train.max_steps"):
+            total = sum(exposure(probe, self.sizes).values())
+            m_steps = max(1, round(steps * self.base_total / total))
+            if m_steps != t.max_steps:
+                t = replace(t, max_steps=m_steps)
+                note = (f"method '{m.name}' draws {total:g} examples per step (base: {self.base_total:g}): "
+                        f"{m_steps} steps instead of {steps} to keep the examples budget")
+                if note not in self.notes:
+                    self.notes.append(note)
+        if m_steps != steps and not _sets_key(m.overrides, "train.eval_every"):
+            every = _eval_every_for(m_steps, self.evals)  # the same number of dev evaluations
+            t = replace(t, eval_every=every, log_every=min(probe.train.log_every, every))
+        return t
+
+    def _sub_run(self, method: str, task: str | None, seed: int, cfg: Config, folder: Path, what: str) -> SubRun:
+        # a deep copy: no sub-run config shares a mutable part with the base or another sub-run
+        cfg = replace(copy.deepcopy(cfg), seed=seed, output_dir=str(folder), name=f"seed{seed}")
+        validate(cfg, what)
+        return SubRun(method, task, seed, cfg, _budget(cfg, self.sizes))
+
+
+def _budget(cfg: Config, sizes: dict[str, int]) -> dict[str, Any]:
+    t = cfg.train
+    exp = exposure(cfg, sizes)
+    return {"max_steps": t.max_steps, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+            "eval_every": t.eval_every, "evaluations": n_evaluations(t.max_steps, t.eval_every),
+            "early_stopping": t.early_stopping,
+            "expected_examples": {n: e * t.max_steps for n, e in exp.items()},
+            "expected_epochs": {n: e * t.max_steps / max(sizes[n], 1) for n, e in exp.items()}}
+
+
+def plan_json(plan: Plan) -> dict:
+    return {"name": plan.cfg.name, "tasks": plan.tasks, "seeds": plan.seeds, "methods": plan.methods,
+            "budget": plan.budget_rule, "train_sizes": plan.sizes, "notes": plan.notes,
+            "runs": [{"key": r.key, "method": r.method, "task": r.task, "seed": r.seed,
+                      "run_dir": str(r.run_dir), **r.budget} for r in plan.runs]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished sub-runs must match today's plan
+
+
+def config_differences(saved: dict, planned: dict) -> list[str]:
+    """Dotted keys where a finished sub-run's config differs from the planned one."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: tuple[str, ...]) -> None:
+        if path in _LOCATION_KEYS:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if k == "compare" and not path:
+                    continue
+                walk(a.get(k), b.get(k), path + (str(k),))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, path + (str(i),))
+        elif a != b and not (_is_num(a) and _is_num(b) and float(a) == float(b)):
+            out.append(".".join(path))
+
+    walk(saved, planned, ())
+    return out
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _plain_data(cfg: Config) -> dict:
+    """The JSON form of a config (tuples become lists, as in a saved config.yaml)."""
+    return json.loads(json.dumps(to_dict(cfg)))
+
+
+def check_finished(run: SubRun) -> None:
+    """A finished sub-run must have been trained with today's planned config."""
+    folder = run.folder
+    if not folder.has_config():
+        return
+    try:  # read with today's schema: fields added since it was written get their defaults
+        diff = config_differences(_plain_data(folder.read_config()), _plain_data(run.cfg))
+    except ConfigError as exc:
+        diff = [f"{RunFolder.CONFIG} no longer reads: {exc}"]
+    if diff:
+        shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+        raise ConfigError(
+            f"{run.run_dir} is a finished sub-run trained with a different configuration ({shown}); "
+            f"delete that folder to retrain it, or give the comparison another name (name=...)")

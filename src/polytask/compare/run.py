@@ -1,0 +1,222 @@
+"""Running a comparison: train what is missing, each sub-run measured, then report.
+
+:func:`run_compare` reads the data once (:class:`~polytask.compare.prepared.Prepared`), plans,
+trains every unfinished sub-run (:func:`run_subrun`), measures the serving cost, collects the
+results and writes the report.
+
+**Resuming.** A sub-run is finished when its run folder is (``summary.json`` is written last,
+atomically); a finished sub-run is never trained again, and one whose saved config differs from
+the planned one is an error. An unfinished sub-run with a checkpoint continues from it
+(``train --resume``); without one it starts again.
+
+**Isolation** (``compare.isolate``, default on): each sub-run trains in a fresh Python process
+(``python -m polytask.compare JOB.json``, see :func:`run_job`), so its peak memory is its own and
+its memory is returned afterwards; the child gets SIGTERM (and checkpoints) if compare dies.
+:func:`train_measured` writes ``resources.json`` (wall time, peak memory, load) next to the run.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from polytask.compare.plan import Plan, SubRun, check_finished, plan_compare, plan_json
+from polytask.compare.prepared import Prepared
+from polytask.compare.plots import write_report
+from polytask.compare.report import format_table
+from polytask.compare.results import collect
+from polytask.compare.serving import measure_inference
+from polytask.config import CompareConfig, Config, from_dict, load_config, to_dict
+from polytask.errors import ConfigError, PolytaskError
+from polytask.files import read_json, write_json, write_yaml
+from polytask.run_folder import RunFolder, latest_good_checkpoint
+
+
+def _load1() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+class _RssPeak:
+    """Peak resident memory of this process while a block runs (sampled every 20 ms)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    @staticmethod
+    def current() -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def train_measured(cfg: Config, resume: bool = False, progress: bool = False, isolated: bool = False) -> dict:
+    """Train one sub-run and write ``resources.json`` (wall time, peak memory) next to it."""
+    import torch
+
+    from polytask.train import train
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    load_before = _load1()
+    started = time.perf_counter()
+    with _RssPeak() as rss:
+        if resume:
+            train(resume=cfg.run_dir, progress=progress)
+        else:
+            train(cfg, progress=progress)
+    wall = time.perf_counter() - started
+    if isolated:  # a fresh process: its lifetime peak is this run's peak
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+        how = "peak RSS of the sub-run's own process"
+    else:
+        peak_mb = rss.peak / 2**20
+        how = "peak RSS of the shared process during the sub-run (includes memory held before it)"
+    out = {"wall_seconds": wall, "peak_rss_mb": peak_mb, "peak_rss_method": how,
+           "torch_threads": torch.get_num_threads(), "resumed": resume,
+           "load_average_1min": [load_before, _load1()],  # at start and end: other work slows timings
+           "device": "cuda" if cuda else "cpu"}
+    if cuda:
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    RunFolder(cfg.run_dir).write_resources(out)
+    return out
+
+
+def _stop_with_parent() -> None:
+    """In the sub-run's process (Linux): SIGTERM it when the compare process dies, however it dies.
+
+    The trainer answers SIGTERM with a checkpoint and a clean stop, so the next ``compare``
+    resumes the sub-run instead of racing an orphan that is still writing into its folder.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _run_isolated(run: SubRun, resume: bool, progress: bool) -> None:
+    """Train a sub-run in a fresh Python process; its output goes to ``train.log``."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    job = run.run_dir / "compare_job.json"
+    write_json(job, {"config": to_dict(run.cfg), "resume": resume, "progress": progress})
+    log_path = run.run_dir / "train.log"
+    with open(log_path, "ab") as log:
+        out = None if progress else log  # with progress, the child's bar goes to this terminal
+        proc = subprocess.run([sys.executable, "-m", "polytask.compare", str(job)], stdout=out,
+                              stderr=None if progress else subprocess.STDOUT, preexec_fn=_stop_with_parent)
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:] if log_path.exists() else []
+        raise PolytaskError(f"sub-run {run.key} failed (exit {proc.returncode}); last lines of {log_path}:\n"
+                            + "\n".join("  " + line for line in tail))
+
+
+def run_job(job_path: str) -> int:
+    """The child process of an isolated sub-run: ``python -m polytask.compare JOB.json``."""
+    job = read_json(Path(job_path))
+    cfg = from_dict(job["config"], source=job_path)
+    try:
+        train_measured(cfg, resume=bool(job.get("resume")), progress=bool(job.get("progress")), isolated=True)
+    except PolytaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _can_resume(run: SubRun) -> bool:
+    folder = run.folder
+    if not folder.has_checkpoints() or not folder.has_config():
+        return False
+    try:
+        check_finished(run)  # same config?
+    except ConfigError:
+        return False
+    return latest_good_checkpoint(folder.path, warn=lambda *a: None) is not None
+
+
+def run_subrun(run: SubRun, isolate: bool, progress: bool = False) -> str:
+    """Train ``run`` unless finished; returns 'done', 'resumed' or 'trained'."""
+    if run.finished:
+        check_finished(run)
+        return "done"
+    resume = _can_resume(run)
+    if isolate:
+        _run_isolated(run, resume, progress)
+    else:
+        train_measured(run.cfg, resume=resume, progress=progress)
+    return "resumed" if resume else "trained"
+
+
+def run_compare(cfg: Config | str | Path, overrides: list[str] | None = None, progress: bool = False,
+                echo: Callable[[str], None] = print, train_missing: bool = True) -> Path:
+    """Plan, train what is missing, measure serving cost, and write the report; returns its folder.
+
+    With ``train_missing=False`` nothing is trained: the report covers the finished sub-runs.
+    """
+    if not isinstance(cfg, Config):
+        cfg = load_config(cfg, overrides)
+    cc = cfg.compare or CompareConfig()
+    prepared = Prepared(cfg, splits=("train", "dev") if cc.inference_examples > 0 else ("train",))
+    plan = plan_compare(cfg, prepared=prepared)
+    plan.root.mkdir(parents=True, exist_ok=True)
+    write_yaml(plan.root / "compare.yaml", to_dict(cfg))
+    write_json(plan.root / "plan.json", plan_json(plan))
+    _announce(plan, echo)
+    if train_missing:
+        _train_missing(plan, cc.isolate, progress, echo)
+    else:
+        for run in plan.runs:
+            if run.finished:
+                check_finished(run)
+    inference = measure_inference(plan, echo=echo, prepared=prepared)
+    results = collect(plan, inference, prepared)
+    write_json(plan.root / "results.json", results)
+    report = write_report(results, plan.root)
+    echo(format_table(results))
+    echo(f"report: {report}")
+    return plan.root
+
+
+def _announce(plan: Plan, echo: Callable[[str], None]) -> None:
+    todo = [r for r in plan.runs if not r.finished]
+    echo(f"compare '{plan.cfg.name}': {len(plan.runs)} sub-runs ({len(plan.runs) - len(todo)} finished), "
+         f"{len(plan.tasks)} tasks x (single-task + {len(plan.methods)} method(s)) x {len(plan.seeds)} seed(s), "
+         f"budget: {plan.budget_rule}")
+    for note in plan.notes:
+        echo(f"  note: {note}")
+
+
+def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[str], None]) -> None:
+    for i, run in enumerate(plan.runs, 1):
+        started = time.perf_counter()
+        status = run_subrun(run, isolate, progress)
+        if status == "done":
+            continue
+        dev = run.folder.read_summary().get("dev_macro", float("nan"))
+        echo(f"[{i}/{len(plan.runs)}] {run.key}: {status} {run.budget['max_steps']} steps in "
+             f"{time.perf_counter() - started:.0f}s (dev macro {dev:.4f})")
