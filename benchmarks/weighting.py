@@ -10,6 +10,12 @@ ratios are to the mean of the two (their difference is the machine's drift, i.e.
 
     python benchmarks/weighting.py --data-dir ../shared/data            # all methods, ~15 min on 2 cores
     python benchmarks/weighting.py --methods equal uw pcgrad --steps 3  # a subset
+    python benchmarks/weighting.py --gram-only                          # only the T = 16, 32 table
+
+It then times each gradient method's ``combine`` alone on synthetic Gram matrices of T = 16 and
+T = 32 tasks (``--gram-sizes``), in a child process pinned to one thread: milliseconds per call,
+mean and worst over ``--gram-calls`` different matrices (Gaussian gradients in 256 dimensions,
+half of the tasks pushed against the others, norms spread over 1e-2..1e2).
 """
 
 from __future__ import annotations
@@ -75,6 +81,60 @@ def child(method: str, space: str, data_dir: str, steps: int, batch_size: int) -
     return {"method": method, "space": space, "sec_per_step": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
+def gram_child(methods: list[str], sizes: list[int], calls: int) -> dict:
+    """ms per ``combine`` call of each gradient method on synthetic Gram matrices (one thread)."""
+    import torch
+
+    from polytask.weighting import REGISTRY, build_weighting
+
+    torch.set_num_threads(1)
+    out = {}
+    for method in methods:
+        if not REGISTRY[method].needs_grads:
+            continue
+        out[method] = {}
+        for T in sizes:
+            tasks = [f"t{i}" for i in range(T)]
+            weighting = build_weighting(method, tasks)
+            losses = torch.ones(T, dtype=torch.float64)
+            gen = torch.Generator().manual_seed(T)
+            times = []
+            for k in range(calls + 1):
+                G = torch.randn(T, 256, generator=gen, dtype=torch.float64)
+                G[: T // 2] -= 1.5 * G[T // 2 :].mean(0)  # conflicting halves
+                G = G * torch.logspace(-2, 2, T, dtype=torch.float64)[torch.randperm(T, generator=gen)][:, None]
+                K = G @ G.T
+                started = time.perf_counter()
+                weighting.combine(losses, tasks, K)
+                if k > 0:  # the first call pays for lazy imports (scipy)
+                    times.append(1000.0 * (time.perf_counter() - started))
+            out[method][T] = {"mean_ms": sum(times) / len(times), "max_ms": max(times)}
+    return out
+
+
+def gram_table(result: dict, sizes: list[int]) -> str:
+    head = "| method | " + " | ".join(f"T={T} ms/call (mean) | T={T} worst" for T in sizes) + " |"
+    lines = [head, "|---|" + "---|---|" * len(sizes)]
+    for method, by_size in result.items():
+        cells = " | ".join(f"{by_size[str(T)]['mean_ms']:.1f} | {by_size[str(T)]['max_ms']:.1f}" for T in sizes)
+        lines.append(f"| {method} | {cells} |")
+    return "\n".join(lines)
+
+
+def run_gram(methods: list[str], sizes: list[int], calls: int) -> dict:
+    """The Gram-matrix timings in a child process with every thread pool pinned to 1 thread."""
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--gram-child", "--methods", *methods, "--gram-sizes",
+           *map(str, sizes), "--gram-calls", str(calls)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"gram timings failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def reset_peak_rss() -> None:
     """Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM)."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -97,10 +157,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--gram-sizes", nargs="*", type=int, default=[16, 32],
+                    help="task counts of the synthetic Gram-matrix timings (none: skip them)")
+    ap.add_argument("--gram-calls", type=int, default=20, help="matrices per method and size")
+    ap.add_argument("--gram-only", action="store_true", help="only the synthetic Gram-matrix timings")
+    ap.add_argument("--gram-out", default=None, help="also write the Gram-matrix timings as JSON here")
     ap.add_argument("--child", nargs=2, metavar=("METHOD", "SPACE"), help=argparse.SUPPRESS)
+    ap.add_argument("--gram-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(*args.child, args.data_dir, args.steps, args.batch_size)))
+        return
+    if args.gram_child:
+        print(json.dumps(gram_child(args.methods, args.gram_sizes, args.gram_calls)))
+        return
+    if args.gram_only:
+        report_gram(args)
         return
     # equal weighting runs first and last in each space: the baseline is their mean, and their
     # difference shows how much the machine drifted during the measurements
@@ -121,6 +193,20 @@ def main() -> None:
     print(table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
+    report_gram(args)
+
+
+def report_gram(args) -> None:
+    if not args.gram_sizes:
+        return
+    result = run_gram(args.methods, args.gram_sizes, args.gram_calls)
+    if not result:
+        return
+    print()
+    print(f"combine() alone on synthetic Gram matrices, one thread, {args.gram_calls} matrices each:")
+    print(gram_table(result, args.gram_sizes))
+    if args.gram_out:
+        Path(args.gram_out).write_text(json.dumps(result, indent=2))
 
 
 def table(rows: list[dict]) -> str:

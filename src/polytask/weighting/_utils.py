@@ -7,6 +7,8 @@ back-propagates ``sum_t alpha_t L_t``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -14,6 +16,12 @@ from torch import Tensor
 REL_EPS = 1e-12
 #: Absolute floor for divisions (norms, losses).
 ABS_EPS = 1e-20
+
+
+def gram_eps(gram: Tensor) -> float:
+    """Relative rounding error of the Gram matrix as it was passed (float32: 1.2e-7, else 2.2e-16)."""
+    dtype = gram.dtype if gram.is_floating_point() else torch.float64
+    return max(float(torch.finfo(dtype).eps), float(torch.finfo(torch.float64).eps))
 
 
 def check_gram(gram: Tensor | None, n: int, name: str) -> Tensor:
@@ -40,10 +48,41 @@ def check_all_tasks(method, tasks: list[str]) -> None:
 
 
 def active_mask(K: Tensor) -> Tensor:
-    """(T,) bool: tasks whose gradient is not (numerically) zero."""
-    diag = K.diagonal().clamp(min=0.0)  # (T,)
-    scale = float(diag.max()) if diag.numel() else 0.0
-    return diag > max(REL_EPS * scale, ABS_EPS)
+    """(T,) bool: tasks whose gradient is not exactly zero (``K_tt > 0``).
+
+    No relative cut-off: a gradient 1e-12 times smaller than the largest is a real gradient,
+    and every method handles it through :func:`unit_gram` (per-task scaling) or
+    :func:`rescale` (global scaling). Only an exactly zero gradient (or one whose squared norm
+    underflows float64) is left out, and each method says what it does with it.
+    """
+    return K.diagonal() > 0.0
+
+
+def rescale(K: Tensor) -> tuple[Tensor, float]:
+    """``(K / s, s)`` with ``s`` the largest diagonal entry (1 if K is zero).
+
+    Every gradient method solves its problem on the rescaled matrix, whose entries lie in
+    [-1, 1], so solver tolerances and pseudo-inverse cut-offs mean the same at every scale.
+    """
+    s = float(K.diagonal().max()) if K.numel() else 0.0
+    if not s > 0.0:
+        return K, 1.0
+    return K / s, s
+
+
+def unit_gram(K: Tensor) -> tuple[Tensor, Tensor]:
+    """Cosine matrix and norms of the (all non-zero) gradients: ``K = D C D``, ``D = diag(n)``.
+
+    Returns ``(C (T, T), n (T,))``; ``C`` has a unit diagonal and entries clipped to [-1, 1]
+    (float32 Gram matrices can be slightly inconsistent). Methods that are invariant to
+    rescaling each task gradient (up to a known change of the coefficients) solve on ``C``,
+    so tasks whose norms differ by 1e16 are handled as well as equal-norm tasks.
+    """
+    n = K.diagonal().clamp(min=0.0).sqrt()  # (T,)
+    C = (K / n[:, None]) / n[None, :]
+    C = C.clamp(-1.0, 1.0)
+    C.diagonal().fill_(1.0)
+    return C, n
 
 
 def grad_norms(K: Tensor) -> Tensor:
@@ -104,23 +143,39 @@ def min_norm_wolfe(K: Tensor, max_iter: int = 1000) -> Tensor:
     in finitely many steps; ``K`` (T, T) float64.
     """
     T = K.shape[0]
-    scale = float(K.diagonal().max().clamp(min=0.0))
+    K, scale = rescale(K)  # tolerances and the pseudo-inverse cut-off are relative to max K_tt
     a = torch.zeros(T, dtype=K.dtype, device=K.device)
-    if T == 1 or scale <= 0.0:
+    if T == 1 or float(K.diagonal().max()) <= 0.0:
         return a.fill_(1.0 / T) if T > 1 else a.fill_(1.0)
-    tol = 1e-12 * scale
+    # stop when the Frank-Wolfe gap x.x - min_t p_t.x (an upper bound on x.x - min) is within
+    # the rounding error of the sums that compute it (relative to their terms, not to the
+    # largest gradient: a gradient 1e-12 times the largest is resolved as well as any other)
+    tol = 100.0 * T * float(torch.finfo(torch.float64).eps)
+    Kabs = K.abs()
+    prev, prev_a = math.inf, a
     a[int(torch.argmin(K.diagonal()))] = 1.0
     S = [int(torch.argmin(K.diagonal()))]
     for _ in range(max_iter):
         Ka = K @ a  # (T,) p_t . x
         j = int(torch.argmin(Ka))
-        if float(a @ Ka) - float(Ka[j]) <= tol or j in S:
+        xx = float(a @ Ka)
+        Kabs_a = Kabs @ a  # (T,) sums of |terms| of K a
+        noise = max(float(a @ Kabs_a), float(Kabs_a[j]))
+        if xx >= prev:  # rounding stalled the decrease: keep the previous point
+            a = prev_a
+            break
+        if xx - float(Ka[j]) <= tol * noise or j in S:
             break  # x is (numerically) the nearest point
+        prev, prev_a = xx, a.clone()
         S.append(j)
         while True:  # minor cycle: move towards the affine minimiser of S
             n = len(S)
             M = torch.zeros(n + 1, n + 1, dtype=K.dtype, device=K.device)
-            M[:n, :n] = K[S][:, S]
+            KS = K[S][:, S]
+            # the affine minimiser does not change with a scale of K_S: scale it to unit
+            # largest diagonal, so the pseudo-inverse cut-off does not drop a corral of small
+            # gradients against the border's ones
+            M[:n, :n] = KS / KS.diagonal().max().clamp(min=1e-300)
             M[:n, n] = M[n, :n] = 1.0
             rhs = torch.zeros(n + 1, dtype=K.dtype, device=K.device)
             rhs[n] = 1.0

@@ -32,7 +32,13 @@ import math
 import torch
 from torch import Tensor
 
-from polytask.weighting._utils import SeededGenerator, active_mask, check_all_tasks, check_gram
+from polytask.weighting._utils import (
+    SeededGenerator,
+    active_mask,
+    check_all_tasks,
+    check_gram,
+    unit_gram,
+)
 from polytask.weighting.base import Weighting
 
 
@@ -43,28 +49,37 @@ def gradvac_coefficients(
 
     ``targets`` (T, T) holds the EMA targets of these tasks, in K's order, and is updated in
     place; ``orders[i]`` is the order in which task i meets the other tasks.
+
+    As in PCGrad, the updates run on the cosine matrix with ``g_i' / ||g_i||`` over the unit
+    gradients, and are mapped back at the end, so any ratio of norms float64 can hold is
+    handled alike. Exactly-zero gradients are skipped (no cosine exists) and keep ``g_i' = 0``.
     """
     T = K.shape[0]
     active = active_mask(K)  # (T,)
-    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' = C[i] @ G
-    for i in range(T):
-        if not active[i]:
-            continue
+    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' / ||g_i|| over the u_t
+    on = active.nonzero()[:, 0]
+    if len(on) == 0:
+        return C
+    cosm = torch.zeros_like(K)
+    cosm[on[:, None], on[None, :]], n_on = unit_gram(K[on][:, on])
+    n = torch.ones(T, dtype=K.dtype, device=K.device)
+    n[on] = n_on
+    for i in on.tolist():
         for j in orders[i]:
             if j == i or not active[j]:
                 continue
-            sq = float(C[i] @ K @ C[i])
+            sq = float(C[i] @ cosm @ C[i])
             if sq <= 0.0:
                 break  # g_i' vanished: nothing left to align
-            norm_i, norm_j = math.sqrt(sq), math.sqrt(float(K[j, j]))
-            cos = max(-1.0, min(1.0, float(C[i] @ K[:, j]) / (norm_i * norm_j)))
+            norm_i = math.sqrt(sq)  # ||g_i'|| / ||g_i||; ||u_j|| = 1
+            cos = max(-1.0, min(1.0, float(C[i] @ cosm[:, j]) / norm_i))
             target = float(targets[i, j])
             if cos < target:
                 s_t = math.sqrt(max(1.0 - target * target, 1e-12))
                 s_c = math.sqrt(max(1.0 - cos * cos, 0.0))
-                C[i, j] += norm_i * (target * s_c - cos * s_t) / (norm_j * s_t)
+                C[i, j] += norm_i * (target * s_c - cos * s_t) / s_t
             targets[i, j] = (1 - beta) * target + beta * cos
-    return C
+    return (C * n[:, None]) / n[None, :]
 
 
 class GradVac(SeededGenerator, Weighting):

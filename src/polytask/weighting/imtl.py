@@ -5,15 +5,24 @@ ICLR 2021.
 
 Finds ``alpha`` with ``sum_t alpha_t = 1`` such that the combined direction
 ``d = sum_t alpha_t g_t`` has the same projection onto every unit task gradient
-``u_t = g_t / ||g_t||``. In closed form, with ``D`` the rows ``g_1 - g_t`` and ``U`` the rows
-``u_1 - u_t`` (t = 2..T),
+``u_t = g_t / ||g_t||``. The paper's closed form, with ``D`` the rows ``g_1 - g_t`` and ``U`` the
+rows ``u_1 - u_t`` (t = 2..T), is
 
-    alpha_{2..T} = g_1 U^T (D U^T)^{-1},     alpha_1 = 1 - sum_{t>=2} alpha_t,
+    alpha_{2..T} = g_1 U^T (D U^T)^{-1},     alpha_1 = 1 - sum_{t>=2} alpha_t.
 
-where every product is read off K (``g_s . u_t = K_st / ||g_t||``). Singular systems (linearly
-dependent gradients) use the least-squares (pseudo-inverse) solution; tasks with a zero
-gradient get alpha 0 and the others are balanced among themselves. ``alpha`` can be negative,
-as in the paper.
+Here the same conditions are solved in a scale-free form: with ``K = N C N`` (``N`` the
+diagonal of gradient norms, ``C`` the cosine matrix) and ``y = N alpha / min(n)``, the
+conditions ``u_t . d = c`` for all t and ``sum alpha = 1`` are the bordered linear system
+
+    C y - c 1 = 0,     sum_t y_t min(n) / n_t = 1,
+
+whose solution is the paper's when it is unique. Singular systems (linearly dependent
+gradients, exact opposites) take the minimum-norm least-squares solution, which satisfies the
+conditions whenever any alpha does (e.g. ``g, -g`` gives ``alpha = (1/2, 1/2)``, both
+projections 0). Solving on ``C`` makes the result independent of the norms' scale, so a task
+1e-12 times smaller than another is balanced like any other. Tasks with an exactly zero
+gradient get alpha 0 (``u_t`` does not exist) and the others are balanced among themselves.
+``alpha`` can be negative, as in the paper.
 
 Hyper-parameters: none.
 
@@ -25,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polytask.weighting._utils import active_mask, check_all_tasks, check_gram, grad_norms
+from polytask.weighting._utils import active_mask, check_all_tasks, check_gram, unit_gram
 from polytask.weighting.base import Weighting
 
 
@@ -34,12 +43,20 @@ def imtl_g(K: Tensor) -> Tensor:
     T = K.shape[0]
     if T == 1:
         return torch.ones(1, dtype=K.dtype, device=K.device)
-    GU = K / grad_norms(K)[None, :]  # (T, T) GU[s, t] = g_s . u_t
-    # (D U^T)[a, b] = (g_1 - g_a) . (u_1 - u_b), a, b = 2..T
-    DU = GU[0, 0] - GU[0, 1:][None, :] - GU[1:, 0][:, None] + GU[1:, 1:]  # (T-1, T-1)
-    gU = GU[0, 0] - GU[0, 1:]  # (T-1,) g_1 U^T
-    rest = torch.linalg.pinv(DU.T) @ gU  # (T-1,) least squares if singular
-    return torch.cat([1.0 - rest.sum().reshape(1), rest])
+    C, n = unit_gram(K)  # K = diag(n) C diag(n)
+    r = n.min() / n  # (T,) in (0, 1]
+    M = torch.zeros(T + 1, T + 1, dtype=K.dtype, device=K.device)
+    M[:T, :T] = C
+    M[:T, T] = -1.0
+    M[T, :T] = r
+    rhs = torch.zeros(T + 1, dtype=K.dtype, device=K.device)
+    rhs[T] = 1.0
+    y = (torch.linalg.pinv(M) @ rhs)[:T]  # minimum-norm least squares if singular
+    alpha = y * r  # alpha_t = y_t min(n) / n_t
+    total = alpha.sum()
+    if not bool(torch.isfinite(alpha).all()) or float(total.abs()) == 0.0:
+        return torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
+    return alpha / total  # exactly 1 when the system is consistent
 
 
 class IMTLG(Weighting):

@@ -15,6 +15,12 @@ code applies ``a`` to the raw losses instead; dividing by ``n_t`` keeps ``d`` a 
 direction of all tasks, since positive rescaling does not change the signs of inner products.)
 With ``none`` the coefficients sum to 1.
 
+Numerics: the solvers run on the normalised Gram matrix divided by its largest diagonal entry
+(``a`` does not change with a global scale), so their tolerances and the pseudo-inverse cut-off
+of Wolfe's bordered system are relative, and norms from 1e-150 to 1e150 (or losses of 1e-3 with
+``normalization: loss``) give the same ``a``. A task with an exactly zero gradient makes 0 the
+min-norm point: all its weight goes to that task (d = 0), which is the definition.
+
 Hyper-parameters:
     normalization: "none" (default), "l2", "loss" or "loss+".
     solver: "wolfe" (default, exact) or "frank-wolfe" (the paper's).
@@ -37,6 +43,7 @@ from polytask.weighting._utils import (
     grad_norms,
     min_norm_simplex,
     min_norm_wolfe,
+    rescale,
 )
 from polytask.weighting.base import Weighting
 
@@ -76,7 +83,8 @@ class MGDA(Weighting):
             "loss": L,
             "loss+": L * norms,
         }[self.normalization]  # (T,)
-        Kn = K / (n[:, None] * n[None, :])  # (T, T) Gram of the normalised gradients
+        Kn = (K / n[:, None]) / n[None, :]  # (T, T) Gram of the normalised gradients
+        Kn, _ = rescale(Kn)  # the simplex weights a do not change with a global scale
         if self.solver == "wolfe":
             a = min_norm_wolfe(Kn)  # (T,)
         else:

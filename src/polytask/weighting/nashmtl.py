@@ -9,10 +9,12 @@ The Nash bargaining solution is ``d = sum_t alpha_t g_t`` with ``alpha > 0`` sol
 
 These are exactly the stationarity conditions of the strictly convex problem
 ``min_{alpha > 0} 0.5 alpha^T K alpha - sum_t log alpha_t``, solved here with a damped Newton
-method (Hessian ``K + diag(1 / alpha^2)``, backtracking that keeps alpha positive) on K scaled to
-unit mean diagonal (alpha scales as ``1 / sqrt(scale)``); no cvxpy. When 0 is in the convex hull
-of the gradients there is no solution (the objective is unbounded); the solve is then repeated
-with a tiny ridge (``ridge * I`` on the scaled K), which gives large but finite alpha. At a
+method (Hessian ``K + diag(1 / alpha^2)``, backtracking that keeps alpha positive); no cvxpy.
+The equations are scale-free per task: with ``K = N C N`` (``N`` the diagonal of gradient norms,
+``C`` the cosine matrix) and ``b = N alpha`` they read ``(C b)_t b_t = 1``, so the solve runs on
+``C`` and ``alpha = b / n``: norms that differ by 1e100 are handled like equal norms. When 0
+is in the convex hull of the gradients there is no solution (the objective is unbounded); the solve is then repeated
+with a tiny ridge (``ridge * I`` on C), which gives large but finite alpha. At a
 solution ``||d||^2 = alpha^T K alpha = T``. Tasks with a zero gradient get alpha 0 (no alpha
 can satisfy their equation).
 
@@ -33,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from polytask.weighting._utils import active_mask, check_all_tasks, check_gram
+from polytask.weighting._utils import active_mask, check_all_tasks, check_gram, unit_gram
 from polytask.weighting.base import Weighting
 
 
@@ -75,12 +77,11 @@ def nash_weights(K: Tensor, max_iter: int = 50, tol: float = 1e-10, ridge: float
     ``ridge * I`` is added to the scaled K and the solve repeated.
     """
     T = K.shape[0]
-    scale = float(K.diagonal().mean())
-    A = K / scale  # (T, T)
+    A, n = unit_gram(K)  # (T, T) cosine matrix, (T,) norms: K = diag(n) A diag(n)
     a, ok = _newton(A, max_iter, tol)
     if not ok or not bool(torch.isfinite(a).all()):
         a, _ = _newton(A + ridge * torch.eye(T, dtype=K.dtype, device=K.device), max_iter, tol)
-    return a / scale**0.5
+    return a / n
 
 
 class NashMTL(Weighting):

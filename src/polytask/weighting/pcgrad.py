@@ -20,7 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polytask.weighting._utils import SeededGenerator, active_mask, check_all_tasks, check_gram
+from polytask.weighting._utils import (
+    SeededGenerator,
+    active_mask,
+    check_all_tasks,
+    check_gram,
+    unit_gram,
+)
 from polytask.weighting.base import Weighting
 
 
@@ -28,18 +34,32 @@ def pcgrad_coefficients(K: Tensor, orders: list[list[int]]) -> Tensor:
     """Projected gradients as coefficients over G (T, T): row i is ``g_i'``.
 
     ``orders[i]`` is the order in which task i meets the other tasks. ``K`` (T, T) float64.
+
+    The projections run on the cosine matrix (unit gradients ``u_t = g_t / ||g_t||``), with
+    ``g_i' / ||g_i||`` as the tracked vector, and are mapped back at the end: a projection
+    ``x - (x . u_j) u_j`` needs no division, so norms that differ by 1e100 are handled exactly
+    as equal norms. Exactly-zero gradients are never projected onto (there is no normal plane)
+    and their own row stays ``e_i`` (``g_i' = 0``).
     """
     T = K.shape[0]
     active = active_mask(K)  # (T,)
-    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' = C[i] @ G
-    for i in range(T):
+    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' / ||g_i|| over the u_t
+    on = active.nonzero()[:, 0]
+    if len(on) == 0:
+        return C
+    cos = torch.zeros_like(K)
+    cos[on[:, None], on[None, :]], n_on = unit_gram(K[on][:, on])
+    n = torch.ones(T, dtype=K.dtype, device=K.device)
+    n[on] = n_on
+    for i in on.tolist():
         for j in orders[i]:
             if j == i or not active[j]:
                 continue
-            dot = C[i] @ K[:, j]  # g_i' . g_j
+            dot = C[i] @ cos[:, j]  # (g_i' . u_j) / ||g_i||
             if dot < 0:
-                C[i, j] -= dot / K[j, j]
-    return C
+                C[i, j] -= dot
+    # back to coefficients over G: g_i' = ||g_i|| sum_k C[i, k] g_k / ||g_k||
+    return (C * n[:, None]) / n[None, :]
 
 
 class PCGrad(SeededGenerator, Weighting):

@@ -8,11 +8,22 @@ Each task gradient ``g_i`` is projected onto the dual cone of the gradients,
 
     v* = argmin_{v >= u} v^T K v,
 
-a small non-negative QP: with ``v = u + z``, ``z >= 0`` and ``R^T R = K`` (eigendecomposition),
-it is ``min_z ||R z + R u||`` solved exactly by ``scipy.optimize.nnls``. Here ``u = e_i / T``
-and ``alpha = sum_i v*_i``. Its KKT conditions give ``K v*_i >= 0``, so the direction never
-conflicts with any task: ``g_t . d >= 0`` for all t. If the gradients do not conflict, d is the
-average gradient.
+a small non-negative QP (the paper's Proposition on the dual of the projection). Here
+``u = e_i / T`` and ``alpha = sum_i v*_i``. Its KKT conditions give ``K v*_i >= 0``, so the
+direction never conflicts with any task: ``g_t . d >= 0`` for all t. If the gradients do not
+conflict, d is the average gradient.
+
+Numerics (see docs/weighting.md, "Numerics"):
+- the QP is solved on the cosine matrix ``C = D^-1 K D^-1`` (``D`` the gradient norms), with
+  ``w = D v``: the constraint ``v >= u`` becomes ``w >= D u``, so per-task scales from 1e-150 to
+  1e150 are handled alike. With ``R^T R = C`` (eigendecomposition) each solve is
+  ``min_{z >= 0} ||R (w0 + z)||^2 + rho ||z||^2`` by ``scipy.optimize.nnls``. The tiny ridge
+  ``rho`` (the rounding error of the Gram matrix's dtype, times T) selects the smallest ``z``
+  when K is singular (duplicated, opposite or zero gradients, T > dim), where the dual has a
+  whole line of solutions giving the same direction; without it the solver may return weights
+  of 1e16. It moves the direction by at most ``sqrt(rho) ||z||`` relative to the largest norm.
+- a task with an exactly zero gradient has no constraint (``0 . x >= 0`` always) and projects
+  to 0: its weight is its preference ``1/T``, and it is left out of the other solves.
 
 Hyper-parameters: none (uniform preferences, as the paper's default).
 
@@ -25,26 +36,59 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polytask.weighting._utils import check_all_tasks, check_gram, psd_sqrt_factor
+import math
+
+import numpy as np
+
+from polytask.weighting._utils import (
+    check_all_tasks,
+    check_gram,
+    gram_eps,
+    psd_sqrt_factor,
+    unit_gram,
+)
 from polytask.weighting.base import Weighting
 
 
-def upgrad_weights(K: Tensor) -> Tensor:
-    """UPGrad coefficients (T,) from the Gram matrix (T, T) float64."""
+def dual_cone_weights(K: Tensor, u: Tensor, eps: float = 2.2e-16) -> Tensor:
+    """``argmin_{v >= u} v^T K v`` for each column of ``u`` (T, m): the projection of ``G^T u``
+    onto the dual cone of the gradients is ``G^T v``. ``K`` (T, T) float64, ``u >= 0``.
+
+    Exactly-zero gradients keep ``v = u``. Returns (T, m).
+    """
     from scipy.optimize import nnls  # imported lazily: scipy is slow to import
 
+    T, m = u.shape
+    v = u.clone()
+    on = (K.diagonal() > 0.0).nonzero()[:, 0]
+    if len(on) == 0:
+        return v
+    C, n = unit_gram(K[on][:, on])  # K_on = D C D
+    k = len(on)
+    R = psd_sqrt_factor(C).cpu().numpy()  # (k, k), R^T R = C
+    rho = max(eps, 2.2e-16) * k
+    A = np.vstack([R, math.sqrt(rho) * np.eye(k)])  # (2k, k)
+    for col in range(m):
+        w0 = (n * u[on, col]).cpu().numpy()  # (k,) w = D v >= D u
+        top = float(w0.max())
+        if top <= 0.0:
+            continue
+        w0 = w0 / top  # the problem is homogeneous: solve with max(w0) = 1
+        b = np.concatenate([-(R @ w0), np.zeros(k)])
+        z, _ = nnls(A, b, maxiter=50 * k)
+        w = torch.as_tensor((w0 + z) * top, dtype=K.dtype)
+        v[on, col] = (w / n.cpu()).to(v)
+    return v
+
+
+def upgrad_weights(K: Tensor, eps: float = 2.2e-16) -> Tensor:
+    """UPGrad coefficients (T,) from the Gram matrix (T, T) float64.
+
+    ``eps``: relative rounding error of the Gram matrix (see :func:`gram_eps`).
+    """
     T = K.shape[0]
-    scale = float(K.diagonal().max())
-    if scale <= 0.0:
-        return torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
-    R = psd_sqrt_factor(K / scale).cpu().numpy()  # (T, T), R^T R = K / scale
-    alpha = torch.zeros(T, dtype=torch.float64)
-    for i in range(T):
-        u = torch.zeros(T, dtype=torch.float64)
-        u[i] = 1.0 / T
-        z, _ = nnls(R, -(R @ u.numpy()), maxiter=50 * T)
-        alpha += u + torch.as_tensor(z)
-    return alpha.to(device=K.device)
+    u = torch.eye(T, dtype=K.dtype, device=K.device) / T  # column i: e_i / T
+    return dual_cone_weights(K, u, eps).sum(1)
 
 
 class UPGrad(Weighting):
@@ -54,5 +98,5 @@ class UPGrad(Weighting):
     def combine(self, losses: Tensor, tasks: list[str], gram: Tensor | None = None):
         check_all_tasks(self, tasks)
         K = check_gram(gram, len(tasks), "upgrad")  # (T, T)
-        alpha = upgrad_weights(K).to(device=losses.device, dtype=losses.dtype)
+        alpha = upgrad_weights(K, gram_eps(gram)).to(device=losses.device, dtype=losses.dtype)
         return self.weighted_sum(losses, alpha), alpha
