@@ -169,17 +169,7 @@ def min_norm_wolfe(K: Tensor, max_iter: int = 1000) -> Tensor:
         prev, prev_a = xx, a.clone()
         S.append(j)
         while True:  # minor cycle: move towards the affine minimiser of S
-            n = len(S)
-            M = torch.zeros(n + 1, n + 1, dtype=K.dtype, device=K.device)
-            KS = K[S][:, S]
-            # the affine minimiser does not change with a scale of K_S: scale it to unit
-            # largest diagonal, so the pseudo-inverse cut-off does not drop a corral of small
-            # gradients against the border's ones
-            M[:n, :n] = KS / KS.diagonal().max().clamp(min=1e-300)
-            M[:n, n] = M[n, :n] = 1.0
-            rhs = torch.zeros(n + 1, dtype=K.dtype, device=K.device)
-            rhs[n] = 1.0
-            mu = (torch.linalg.pinv(M) @ rhs)[:n]  # affine minimiser, weights on S
+            mu = affine_minimiser(K, S)
             if bool((mu > 1e-15).all()):
                 a.zero_()
                 a[S] = mu
@@ -199,6 +189,23 @@ def min_norm_wolfe(K: Tensor, max_iter: int = 1000) -> Tensor:
                 a[j], S = 1.0, [j]
                 break
     return a / a.sum()
+
+
+def affine_minimiser(K: Tensor, S: list[int]) -> Tensor:
+    """Weights (len(S),) summing to 1 of the min-norm point of the affine hull of the points S.
+
+    Solves the bordered system ``[[K_S, 1], [1^T, 0]] [mu; lambda] = [0; 1]``. The minimiser
+    does not change with a scale of K_S: K_S is scaled to unit largest diagonal, so the
+    pseudo-inverse cut-off does not drop a corral of small gradients against the border's ones.
+    """
+    n = len(S)
+    M = torch.zeros(n + 1, n + 1, dtype=K.dtype, device=K.device)
+    KS = K[S][:, S]
+    M[:n, :n] = KS / KS.diagonal().max().clamp(min=1e-300)
+    M[:n, n] = M[n, :n] = 1.0
+    rhs = torch.zeros(n + 1, dtype=K.dtype, device=K.device)
+    rhs[n] = 1.0
+    return (torch.linalg.pinv(M) @ rhs)[:n]
 
 
 def psd_sqrt_factor(K: Tensor) -> Tensor:
