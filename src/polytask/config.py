@@ -210,6 +210,37 @@ def to_dict(cfg: Any) -> Any:
     return dataclasses.asdict(cfg)
 
 
+def differences(a: Any, b: Any, ignore: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Dotted keys (``train.lr``, ``tasks.0.data.max_train``) where two configs differ.
+
+    ``a`` and ``b`` are Configs or their plain-data form; keys in ``ignore`` (dotted) are
+    skipped with everything under them; numbers compare by value (``1`` equals ``1.0``).
+    """
+    out: list[str] = []
+
+    def plain(x: Any) -> Any:
+        return to_dict(x) if dataclasses.is_dataclass(x) else x
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if path in ignore:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y), key=str):
+                walk(x.get(k), y.get(k), _join(path, str(k)))
+        elif isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, _join(path, str(i)))
+        elif x != y and not (_is_number(x) and _is_number(y) and float(x) == float(y)):
+            out.append(path)
+
+    walk(plain(a), plain(b), "")
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def apply_override(raw: dict, item: str) -> None:
     """Apply ``a.b.c=value`` to the raw mapping. ``tasks.NAME.x`` or ``tasks.0.x`` address a task.
 

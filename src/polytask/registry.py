@@ -2,19 +2,45 @@
 
 A name is either a key of the family's registry or a dotted path ``package.module:Class`` to a
 user's own class, so extending polytask needs no fork.
+
+A dotted path imports (runs) code. A config that the user gives is theirs to run; a run folder
+may come from anywhere, so loading one resolves registered names only, inside
+:func:`registered_only`, unless the user allows its code explicitly (``allow_code=True``,
+``--allow-code`` on the command line).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
+from typing import Iterator
 
 from polytask.errors import ConfigError
+
+_CODE_REFUSED_FOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("polytask_code_refused_for",
+                                                                               default=None)
+
+
+@contextlib.contextmanager
+def registered_only(source: str) -> Iterator[None]:
+    """Within this block, a dotted path (user code) named by ``source`` is refused, not imported."""
+    token = _CODE_REFUSED_FOR.set(source)
+    try:
+        yield
+    finally:
+        _CODE_REFUSED_FOR.reset(token)
 
 
 def resolve(registry: dict[str, type], name: str, family: str) -> type:
     if name in registry:
         return registry[name]
     if ":" in name:
+        refused_for = _CODE_REFUSED_FOR.get()
+        if refused_for is not None:
+            raise ConfigError(f"{refused_for} names the {family} '{name}', which is code outside polytask; it is "
+                              f"not imported from a run folder unless you allow it (allow_code=True, or "
+                              f"--allow-code on the command line) because you trust where the folder came from")
         module, _, attr = name.partition(":")
         try:
             return getattr(importlib.import_module(module), attr)

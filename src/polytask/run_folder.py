@@ -21,12 +21,15 @@ temporary name and renamed (:mod:`polytask.files`), so a crash never leaves a ha
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from safetensors.torch import load_model, save_model
@@ -34,7 +37,7 @@ from torch import nn
 
 from polytask._version import __version__
 from polytask.config import Config, apply_override, from_dict, to_dict
-from polytask.errors import CheckpointError
+from polytask.errors import CheckpointError, PolytaskError
 from polytask.files import atomic_write, read_json, sha256, write_json, write_yaml
 from polytask.state_io import load_state, save_state
 
@@ -55,6 +58,10 @@ class RunFolder:
     SUMMARY = "summary.json"
     RESOURCES = "resources.json"
     CHECKPOINTS = "checkpoints"
+    LOCK = ".lock"
+    # every file a run writes (what ``--overwrite`` removes)
+    RUN_FILES = (MARKER, CONFIG, VOCAB, TOKENIZER, BACKBONE, WEIGHTS, "model.json", EVENTS, PLOT, SUMMARY, RESOURCES,
+                 CHECKPOINTS)
     # what a finished run folder holds (what ``load`` needs)
     COMPLETE = (CONFIG, VOCAB, WEIGHTS, TOKENIZER, BACKBONE)
 
@@ -83,18 +90,78 @@ class RunFolder:
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def write_marker(self) -> None:
-        write_json(self.path / self.MARKER, {"format": FORMAT_VERSION, "polytask": __version__})
+    def write_marker(self) -> str:
+        """Mark the folder as this run's (format, version, a new run id); returns the run id."""
+        run_id = uuid.uuid4().hex
+        write_json(self.path / self.MARKER, {"format": FORMAT_VERSION, "polytask": __version__, "run_id": run_id})
+        return run_id
+
+    def marker(self) -> dict:
+        path = self.path / self.MARKER
+        return read_checked_json(path, "a damaged run folder; train again or restore it") if path.exists() else {}
+
+    @property
+    def run_id(self) -> str | None:
+        """The identity of the run that owns this folder (None for folders of older versions)."""
+        return self.marker().get("run_id")
 
     def check_format(self) -> None:
-        marker = self.path / self.MARKER
-        if marker.exists():
-            found = read_json(marker).get("format", FORMAT_VERSION)
-            if found > FORMAT_VERSION:
-                raise CheckpointError(
-                    f"{self.path} was written by a newer polytask (run format {found}, this version reads "
-                    f"{FORMAT_VERSION}); upgrade polytask to load it"
-                )
+        found = self.marker().get("format", FORMAT_VERSION)
+        if found > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{self.path} was written by a newer polytask (run format {found}, this version reads "
+                f"{FORMAT_VERSION}); upgrade polytask to load it"
+            )
+
+    def holds_a_run(self) -> bool:
+        """Any file a run writes is here already (a new run would mix with it)."""
+        return any((self.path / f).exists() for f in (self.MARKER, self.CONFIG, self.EVENTS, self.WEIGHTS,
+                                                      self.CHECKPOINTS))
+
+    def clear(self) -> None:
+        """Remove the files a run writes (``--overwrite``); nothing else in the folder is touched."""
+        for name in self.RUN_FILES:
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one writer: a second run (or resume) into it fails at once.
+
+        An advisory ``flock`` on ``.lock``: released by the kernel however the process ends, so
+        a lock left by a killed run is never stale; the file records the holder's pid.
+        """
+        self.create()
+        fh = open(self.path / self.LOCK, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise PolytaskError(f"{self.path} is in use by a running training (pid {holder}); wait for it, "
+                                f"or train into another folder (name=...)") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
+        finally:
+            fh.close()
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Temporary files and folders that a killed writer left (``.NAME.*.tmp``, ``.tmp-*``)."""
+        found = [p for p in self.path.glob(".*.tmp")]
+        root = self.path / self.CHECKPOINTS
+        if root.is_dir():
+            found += [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+        for p in found:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return found
 
     def require_complete(self) -> None:
         """A run folder that ``load`` can rebuild a model from (format checked too)."""
@@ -129,7 +196,7 @@ class RunFolder:
         write_json(self.path / self.VOCAB, vocab)
 
     def read_vocab(self) -> dict[str, dict]:
-        return read_json(self.path / self.VOCAB)
+        return read_checked_json(self.path / self.VOCAB, "a damaged run folder; train again or restore it")
 
     def save_tokenizer(self, tokenizer) -> None:
         tokenizer.save_pretrained(self.path / self.TOKENIZER)
@@ -137,7 +204,11 @@ class RunFolder:
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path / self.TOKENIZER)
+        try:
+            return AutoTokenizer.from_pretrained(self.path / self.TOKENIZER)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.path / self.TOKENIZER} cannot be loaded as a tokenizer "
+                                  f"(a damaged run folder; train again or restore it): {exc}") from None
 
     def save_backbone_config(self, backbone: nn.Module) -> None:
         backbone.config.save_pretrained(self.backbone_dir)
@@ -164,7 +235,7 @@ class RunFolder:
         path = self.path / self.EVENTS
         if not path.exists():
             return []
-        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        events = parse_events(path)
         return events if kind is None else [e for e in events if e.get("kind") == kind]
 
     def truncate_events_after(self, step: int) -> None:
@@ -172,7 +243,7 @@ class RunFolder:
         path = self.path / self.EVENTS
         if not path.exists():
             return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        keep = [json.dumps(e) for e in parse_events(path) if e["step"] <= step]
         atomic_write(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
     # -- summary and resources -----------------------------------------------------------------
@@ -180,7 +251,7 @@ class RunFolder:
         write_json(self.path / self.SUMMARY, summary)
 
     def read_summary(self) -> dict:
-        return read_json(self.path / self.SUMMARY)
+        return read_checked_json(self.path / self.SUMMARY, "train the run again to write it")
 
     def write_resources(self, resources: dict) -> None:
         write_json(self.path / self.RESOURCES, resources)
@@ -193,19 +264,34 @@ class RunFolder:
     def has_checkpoints(self) -> bool:
         return (self.path / self.CHECKPOINTS).is_dir()
 
-    def save_checkpoint(self, step: int, model: nn.Module, state: Any, keep: int) -> Path:
+    def save_checkpoint(self, step: int, model: nn.Module, state: Any, keep: int, config: dict | None = None) -> Path:
         """``checkpoints/step-N`` with the model's weights and ``state`` (a tree of tensors and
-        plain values, see :mod:`polytask.state_io`); keeps the newest ``keep``."""
+        plain values, see :mod:`polytask.state_io`), and in its manifest the ``config`` it was
+        trained with; keeps the newest ``keep`` of this run."""
 
         def write(directory: Path) -> None:
             save_model(model, str(directory / self.WEIGHTS))
             save_state(directory, "state", state)
 
-        return save_checkpoint(self.path, step, write, keep)
+        return save_checkpoint(self.path, step, write, keep, run_id=self.run_id, extra={"config": config})
+
+    def _latest_manifest(self) -> dict | None:
+        path = latest_good_checkpoint(self.path, warn=lambda *a: None, run_id=self.run_id)
+        return read_json(path / "manifest.json") if path is not None else None
+
+    def checkpoint_config(self) -> dict | None:
+        """The config the latest good checkpoint was trained with (None: no checkpoint, or one
+        written before checkpoints recorded it)."""
+        manifest = self._latest_manifest()
+        return None if manifest is None else manifest.get("config")
+
+    def checkpoint_step(self) -> int:
+        manifest = self._latest_manifest()
+        return 0 if manifest is None else int(manifest["step"])
 
     def load_checkpoint(self, model: nn.Module, warn: Callable[[str], None] = print) -> Any:
-        """Load the newest checkpoint that verifies into ``model``; returns its saved state."""
-        path = latest_good_checkpoint(self.path, warn=warn)
+        """Load the newest checkpoint of this run that verifies into ``model``; returns its state."""
+        path = latest_good_checkpoint(self.path, warn=warn, run_id=self.run_id)
         if path is None:
             raise CheckpointError(f"no usable checkpoint under {self.path / self.CHECKPOINTS} to resume from")
         load_model_file(model, path / self.WEIGHTS)
@@ -213,22 +299,70 @@ class RunFolder:
 
 
 # ---------------------------------------------------------------------------------------------
+# Small readers that fail with one clear line
+
+
+def read_checked_json(path: Path, fix: str) -> Any:
+    """JSON from ``path``; a damaged file is a CheckpointError naming it and the fix."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc}): {fix}") from None
+
+
+def parse_events(path: Path) -> list[dict]:
+    """The events of ``metrics.jsonl``; a partial last line (a kill while appending) is dropped."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    events = []
+    for i, line in enumerate(lines):
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # cut short by a kill: the event was not complete
+            raise CheckpointError(f"{path}:{i + 1} is not valid JSON (a damaged run folder)") from None
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
 # Weights files and checkpoint folders (path-level; RunFolder uses them)
 
 
 def save_weights(model: nn.Module, path: Path, meta: dict | None = None) -> None:
-    """Write ``path`` (safetensors) atomically, and ``path.json`` with its hash and ``meta``."""
+    """Write ``path`` (safetensors) and ``path.json`` (its hash and ``meta``) as one unit.
+
+    The JSON is written first and lists the new weights' hash together with the hash (and
+    metadata) of the weights still in place; the weights are then renamed into place. A kill
+    between the two steps leaves intact old weights that the JSON still vouches for.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_model(model, tmp)
-        digest = sha256(Path(tmp))
+        entry = {"sha256": sha256(Path(tmp)), "format": FORMAT_VERSION, **(meta or {})}
+        current = _current_entry(path)
+        write_json(path.with_suffix(".json"), {**entry, "previous": current} if current else entry)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    write_json(path.with_suffix(".json"), {"sha256": digest, "format": FORMAT_VERSION, **(meta or {})})
+
+
+def _current_entry(path: Path) -> dict | None:
+    """The metadata of the weights now at ``path`` (None when there are none or none verify)."""
+    meta_path = path.with_suffix(".json")
+    if not path.exists() or not meta_path.exists():
+        return None
+    try:
+        meta = read_json(meta_path)
+    except ValueError:
+        return None
+    digest = sha256(path)
+    for entry in (meta, meta.get("previous") or {}):
+        if entry.get("sha256") == digest:
+            return {k: v for k, v in entry.items() if k != "previous"}
+    return None
 
 
 def load_model_file(model: nn.Module, path: Path) -> None:
@@ -237,29 +371,34 @@ def load_model_file(model: nn.Module, path: Path) -> None:
     except Exception as exc:  # safetensors raises several types for a damaged header
         raise CheckpointError(f"{path} cannot be read as safetensors: {exc}") from exc
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{path} does not fit the model (weights of another run, or a changed "
+                              f"config.yaml?): missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
 
 
 def load_weights(model: nn.Module, path: Path) -> dict:
-    """Load weights after checking the hash and format version; returns the metadata."""
+    """Load weights after checking the hash and format version; returns their metadata."""
     meta_path = path.with_suffix(".json")
     if not path.exists():
         raise CheckpointError(f"no weights at {path}")
-    meta = read_json(meta_path) if meta_path.exists() else {}
+    meta = read_checked_json(meta_path, "a damaged run folder; train again or restore it") if meta_path.exists() else {}
     if meta.get("format", FORMAT_VERSION) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} was written by a newer polytask (format {meta['format']} > {FORMAT_VERSION}); upgrade polytask"
         )
-    if "sha256" in meta and sha256(path) != meta["sha256"]:
-        raise CheckpointError(f"{path} is corrupted or truncated (content hash does not match {meta_path.name})")
+    if "sha256" in meta:
+        found = _current_entry(path)
+        if found is None:
+            raise CheckpointError(f"{path} is corrupted or truncated (content hash does not match {meta_path.name})")
+        meta = found
     load_model_file(model, path)
     return meta
 
 
-def save_checkpoint(run_dir: Path, step: int, write_files, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, write_files, keep: int, run_id: str | None = None,
+                    extra: dict | None = None) -> Path:
     """Create ``checkpoints/step-N`` atomically: ``write_files(tmp_dir)`` writes the files, a
-    manifest with their SHA-256 is added, and the folder is renamed into place. Keeps the
-    newest ``keep`` checkpoints."""
+    manifest with their SHA-256 (and the run's id) is added, and the folder is renamed into
+    place. Keeps the newest ``keep`` checkpoints of this run; never touches another run's."""
     root = Path(run_dir) / RunFolder.CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
@@ -267,16 +406,31 @@ def save_checkpoint(run_dir: Path, step: int, write_files, keep: int) -> Path:
     try:
         write_files(tmp)
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / "manifest.json", {"step": step, "format": FORMAT_VERSION, "sha256": files})
+        write_json(tmp / "manifest.json", {"step": step, "format": FORMAT_VERSION, "sha256": files, "run_id": run_id,
+                                           **(extra or {})})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
+    for old in _checkpoints(root, run_id)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _checkpoints(root: Path, run_id: str | None) -> list[Path]:
+    """``step-N`` folders of the run ``run_id`` (every one when None), oldest first."""
+    out = []
+    for p in sorted(q for q in root.iterdir() if q.name.startswith("step-")):
+        if run_id is not None:
+            try:
+                if read_json(p / "manifest.json").get("run_id") != run_id:
+                    continue
+            except (OSError, ValueError):
+                pass  # damaged: reported by verify_checkpoint, never pruned as another run's
+        out.append(p)
+    return out
 
 
 def verify_checkpoint(path: Path) -> str | None:
@@ -299,12 +453,13 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def latest_good_checkpoint(run_dir: Path, warn=print) -> Path | None:
-    """The newest checkpoint that verifies; damaged ones are reported and skipped."""
+def latest_good_checkpoint(run_dir: Path, warn=print, run_id: str | None = None) -> Path | None:
+    """The newest checkpoint (of run ``run_id``, when given) that verifies; damaged ones are
+    reported and skipped."""
     root = Path(run_dir) / RunFolder.CHECKPOINTS
     if not root.exists():
         return None
-    for path in sorted((p for p in root.iterdir() if p.name.startswith("step-")), reverse=True):
+    for path in reversed(_checkpoints(root, run_id)):
         problem = verify_checkpoint(path)
         if problem is None:
             return path

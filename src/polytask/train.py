@@ -17,6 +17,7 @@ optimizer, scheduler, weighting, draws, RNGs, the loop's own counters) is in the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -31,13 +32,14 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from polytask.backbones import load_backbone, pad_id
-from polytask.config import Config, load_config
+from polytask.config import Config, differences, load_config, to_dict
 from polytask.dataset import TaskData, encode_all, prepare
 from polytask.draws import StepDraws
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines, task_gram
 from polytask.model import MultiTaskModel, build_model
+from polytask.registry import registered_only
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
 from polytask.sampling import build_sampler
@@ -145,27 +147,86 @@ def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Modul
 
 
 def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = None,
-          progress: bool = True, resume: str | Path | None = None) -> Path:
-    """Train a multi-task model (or continue ``resume``, a run folder); returns the run folder."""
+          progress: bool = True, resume: str | Path | None = None, overwrite: bool = False,
+          allow_changes: bool = False, allow_code: bool = False) -> Path:
+    """Train a multi-task model (or continue ``resume``, a run folder); returns the run folder.
+
+    One run owns its folder: a second training into it fails while the first runs, and a new
+    run into a folder that holds another run's files fails unless ``overwrite`` (which clears
+    them first). ``resume`` continues the run's own config; overrides that would change its
+    trajectory are refused unless ``allow_changes`` (see :data:`RESUME_CHANGEABLE`). A resumed
+    run folder's components are built from the registries only, unless ``allow_code`` (a run
+    folder may come from anywhere; see :func:`polytask.registry.registered_only`).
+    """
     cfg, run = resolve_run(cfg, overrides, resume)
-    s = set_up(cfg, run, resuming=resume is not None)
-    state = restore(s) if resume is not None else start(s)
-    state = run_loop(s, state, progress)
-    finish(s, state)
+    with run.lock():
+        run.remove_stale_temp_files()
+        if resume is None:
+            claim(run, overwrite)
+        else:
+            check_resume_changes(cfg, run, allow_changes)
+        trusted = resume is None or allow_code
+        with contextlib.nullcontext() if trusted else registered_only(str(run.path / RunFolder.CONFIG)):
+            s = set_up(cfg, run, resuming=resume is not None)
+        state = restore(s) if resume is not None else start(s)
+        state = run_loop(s, state, progress)
+        finish(s, state)
     return run.path
 
 
 def resolve_run(cfg, overrides: list[str] | None, resume) -> tuple[Config, RunFolder]:
     """The config (a Config, a YAML path, or a resumed run's own) and its run folder."""
     if resume is not None:
+        if cfg is not None:
+            raise ConfigError(f"give a config file or --resume {resume}, not both: a resumed run "
+                              f"continues its own config.yaml (overrides may extend it)")
         run = RunFolder(resume)
         run.check_format()
-        return run.read_config(overrides), run  # overrides may extend it, e.g. train.max_steps
+        return run.read_config(overrides), run
     if cfg is None:
         raise ConfigError("give a config file, or --resume RUN_DIR")
     if not isinstance(cfg, Config):
         cfg = load_config(cfg, overrides)
     return cfg, RunFolder(cfg.run_dir)
+
+
+def claim(run: RunFolder, overwrite: bool) -> None:
+    """A new run starts in a folder with no other run's files (or clears them: ``overwrite``)."""
+    if not run.holds_a_run():
+        return
+    if not overwrite:
+        raise PolytaskError(f"{run.path} holds another run; continue it with `polytask train --resume "
+                            f"{run.path}`, start it over with --overwrite, or choose another name (name=...)")
+    run.clear()
+
+
+# Settings a resumed run may change: they extend or observe training without changing what it
+# has done so far. Anything else (lr, batch size, seed, data, tasks...) would make the resumed
+# run a different experiment from its first part.
+RESUME_CHANGEABLE = frozenset({
+    "name", "output_dir", "data_dir", "train.max_steps", "train.eval_every", "train.early_stopping",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_threads",
+    "train.cosine_every", "train.eval_batch_size",
+})
+
+
+def check_resume_changes(cfg: Config, run: RunFolder, allow_changes: bool) -> None:
+    """Compare the config to continue with (config.yaml + overrides) with the one the latest
+    checkpoint was trained with; save and record the accepted changes, refuse the others."""
+    saved = run.checkpoint_config()
+    if saved is None:  # nothing to compare with (no checkpoint: load_checkpoint will say so)
+        return
+    changed = differences(saved, cfg)
+    refused = [k for k in changed if not any(k == c or k.startswith(c + ".") for c in RESUME_CHANGEABLE)]
+    if refused and not allow_changes:
+        raise ConfigError(f"resuming {run.path} with {', '.join(refused)} changed would change the run's "
+                          f"trajectory (the checkpoint was trained with other values); resume without these "
+                          f"changes, start a new run, or pass --allow-changes to accept them")
+    if changed:
+        run.write_config(cfg)
+        run.append_event({"kind": "resume_changes", "step": run.checkpoint_step(), "changed": changed,
+                          "forced": refused})
+        print(f"resuming with changed settings: {', '.join(changed)} (saved in {RunFolder.CONFIG})")
 
 
 def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
@@ -440,7 +501,7 @@ def save_checkpoint(s: Session, state: LoopState) -> None:
     rng = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
            "python": random.getstate()}
     tree = {"components": {k: v.state_dict() for k, v in s.stateful.items()}, "loop": state.__dict__, "rng": rng}
-    s.run.save_checkpoint(state.step, s.model, tree, keep=s.cfg.train.keep_checkpoints)
+    s.run.save_checkpoint(state.step, s.model, tree, keep=s.cfg.train.keep_checkpoints, config=to_dict(s.cfg))
 
 
 def restore_checkpoint(run: RunFolder, model: torch.nn.Module, stateful: dict) -> LoopState:

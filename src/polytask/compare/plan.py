@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from polytask.compare.prepared import Prepared
-from polytask.config import (CompareConfig, ComponentConfig, Config, MethodConfig, TrainConfig, apply_override,
+from polytask.config import (CompareConfig, ComponentConfig, Config, MethodConfig, TrainConfig, apply_override, differences,
                              from_dict, to_dict, validate)
 from polytask.errors import ConfigError
 from polytask.run_folder import RunFolder
@@ -37,7 +37,7 @@ SINGLE = "single"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # keys that locate a run rather than define it: they may differ between a finished sub-run and
 # today's plan (e.g. the data moved) without making its numbers stale
-_LOCATION_KEYS = {("data_dir",), ("output_dir",), ("name",), ("train", "num_threads")}
+_LOCATION_KEYS = frozenset({"data_dir", "output_dir", "name", "train.num_threads", "compare"})
 
 
 @dataclass
@@ -269,29 +269,9 @@ def plan_json(plan: Plan) -> dict:
 
 
 def config_differences(saved: dict, planned: dict) -> list[str]:
-    """Dotted keys where a finished sub-run's config differs from the planned one."""
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, path: tuple[str, ...]) -> None:
-        if path in _LOCATION_KEYS:
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                if k == "compare" and not path:
-                    continue
-                walk(a.get(k), b.get(k), path + (str(k),))
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
-                walk(x, y, path + (str(i),))
-        elif a != b and not (_is_num(a) and _is_num(b) and float(a) == float(b)):
-            out.append(".".join(path))
-
-    walk(saved, planned, ())
-    return out
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """Dotted keys where a finished sub-run's config differs from the planned one (keys that
+    locate a run rather than define it are ignored)."""
+    return differences(saved, planned, ignore=_LOCATION_KEYS)
 
 
 def _plain_data(cfg: Config) -> dict:

@@ -87,7 +87,7 @@ def train_measured(cfg: Config, resume: bool = False, progress: bool = False, is
         if resume:
             train(resume=cfg.run_dir, progress=progress)
         else:
-            train(cfg, progress=progress)
+            train(cfg, progress=progress, overwrite=True)  # an unfinished attempt without a checkpoint
     wall = time.perf_counter() - started
     if isolated:  # a fresh process: its lifetime peak is this run's peak
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
@@ -156,7 +156,7 @@ def _can_resume(run: SubRun) -> bool:
         check_finished(run)  # same config?
     except ConfigError:
         return False
-    return latest_good_checkpoint(folder.path, warn=lambda *a: None) is not None
+    return latest_good_checkpoint(folder.path, warn=lambda *a: None, run_id=folder.run_id) is not None
 
 
 def run_subrun(run: SubRun, isolate: bool, progress: bool = False) -> str:
