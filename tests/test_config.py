@@ -77,3 +77,59 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml")) + sorted((REPO / "benchmar
 def test_every_example_yaml_loads(path: Path):
     cfg = load_config(path)
     assert cfg.tasks
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.grad_clip=-1", "train.grad_clip: must be a positive finite number, got -1"),
+    ("train.keep_checkpoints=-1", "train.keep_checkpoints: must be positive, got -1"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints: must be positive, got 0"),
+    ("train.log_every=0", "train.log_every: must be positive, got 0"),
+    ("train.lr=-1", "train.lr: must be a positive finite number"),
+    ("train.lr=.nan", "train.lr: must be a positive finite number"),
+    ("train.head_lr=0", "train.head_lr: must be a positive finite number"),
+    ("seed=-1", "seed: must be >= 0, got -1"),
+    ("train.num_threads=-2", "train.num_threads: must be positive, got -2"),
+    ("tasks.a.head_dropout=2", "tasks[0].head_dropout: must be in [0, 1), got 2"),
+    ("train.weight_decay=-0.1", "train.weight_decay: must be in [0, 1)"),
+    ("train.early_stopping=0", "train.early_stopping: must be positive"),
+    ("tasks.b.data.max_train=0", "tasks[1].data.max_train: must be positive"),
+    ("train.cosine_every=-1", "train.cosine_every: must be >= 0"),
+])
+def test_settings_out_of_range_are_errors_naming_the_key(override, message):
+    data = raw()
+    apply_override(data, override)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        from_dict(data)
+
+
+@pytest.mark.parametrize("key, value", [("name", "../escaped"), ("name", ".."), ("name", "a/b"),
+                                        ("tasks.a.name", "../x"), ("tasks.a.name", "")])
+def test_names_that_become_folders_are_single_path_components(key, value):
+    data = raw()
+    apply_override(data, f"{key}={value!r}" if value else f"{key}=''")
+    with pytest.raises(ConfigError, match="must be one folder name"):
+        from_dict(data)
+
+
+@pytest.mark.parametrize("task, metric, message", [
+    ("classification", "bleu", "'bleu' is not a metric of a classification task"),
+    ("classification", "acuracy", "one of: accuracy, macro_f1, matthews, f1"),
+    ("regression", "accuracy", "not a metric of a regression task"),
+    ("tagging", "accuracy", "one of: f1, precision, recall"),
+])
+def test_main_metric_checked_against_the_task_type(task, metric, message):
+    from polytask.tasks import build_task
+
+    cfg = from_dict({"tasks": [{"name": "t", "type": task, "main_metric": metric}]})
+    with pytest.raises(ConfigError, match=message):
+        build_task(cfg.tasks[0])
+
+
+def test_binary_f1_on_a_four_class_task_is_an_error():
+    from polytask.data.records import Record
+    from polytask.tasks import build_task
+
+    task = build_task(from_dict({"tasks": [{"name": "t", "type": "classification", "main_metric": "f1"}]}).tasks[0])
+    examples = [task.parse(Record({"text": "x", "label": lab}, "f", i))[0] for i, lab in enumerate("abcd")]
+    with pytest.raises(ConfigError, match="'f1' is the binary F1 .* 4 labels"):
+        task.fit(examples)

@@ -85,3 +85,12 @@ def test_hugging_face_datasets_with_local_files(tmp_path, monkeypatch):
     data = prepare(cfg, splits=("train", "dev"))
     assert len(data["x"].examples["train"]) == 6 and data["x"].task.labels == ["a", "b"]
     assert data["x"].examples["dev"][0].source == "hf:json:validation:1"
+
+
+def test_empty_dev_split_is_an_error(tmp_path):
+    write(tmp_path / "train.jsonl", [json.dumps({"text": "good", "label": "pos"})])
+    (tmp_path / "dev.jsonl").write_text("")
+    cfg = from_dict({"data_dir": str(tmp_path), "tasks": [
+        {"name": "cls", "type": "classification", "data": {"train": "train.jsonl", "dev": "dev.jsonl"}}]})
+    with pytest.raises(DataError, match="task 'cls' has an empty dev split.*remove data.dev"):
+        prepare(cfg)

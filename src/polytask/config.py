@@ -9,6 +9,8 @@ a wrong type or a missing required key is a :class:`ConfigError` naming the dott
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -347,40 +349,71 @@ def _build_dataclass(tp: Any, value: Any, path: str) -> Any:
     return tp(**kwargs)
 
 
+# A name that becomes a folder (run name, task name, compare method): one path component.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_name(value: str, key: str, source: str) -> None:
+    if not NAME_PATTERN.match(value) or value in (".", ".."):
+        raise ConfigError(f"{source}: {key}: {value!r} must be one folder name (letters, digits, '-', '_', '.'; "
+                          f"no '/' or '..')")
+
+
 def validate(cfg: Config, source: str) -> None:
-    """Checks across fields that types alone cannot express."""
+    """Checks across fields, and ranges, that types alone cannot express."""
     if not cfg.tasks:
         raise ConfigError(f"{source}: tasks: at least one task is required")
+    check_name(cfg.name, "name", source)
     seen: set[str] = set()
     for i, task in enumerate(cfg.tasks):
+        check_name(task.name, f"tasks[{i}].name", source)
         if task.name in seen:
             raise ConfigError(f"{source}: tasks[{i}].name: duplicate task name '{task.name}'")
         seen.add(task.name)
-    positive = {
-        "train.max_steps": cfg.train.max_steps,
-        "train.batch_size": cfg.train.batch_size,
-        "train.eval_batch_size": cfg.train.eval_batch_size,
-        "train.grad_accum": cfg.train.grad_accum,
-        "train.eval_every": cfg.train.eval_every,
-        "model.max_length": cfg.model.max_length,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{source}: {key}: must be positive, got {value}")
-    if not 0 <= cfg.train.warmup_ratio < 1:
-        raise ConfigError(f"{source}: train.warmup_ratio: must be in [0, 1)")
+    _check_ranges(cfg, source)
     peft = cfg.architecture.args.get("peft") if cfg.architecture.name == "causal_lm" else None
     if cfg.train.grad_space == "adapters" and peft != "shared_lora":
         raise ConfigError(f"{source}: train.grad_space: 'adapters' needs an adapter shared by all tasks "
                           f"(architecture causal_lm with args.peft: shared_lora); per-task adapters have "
                           f"disjoint gradients. Use 'representation'")
-    if cfg.train.cosine_every is not None and cfg.train.cosine_every < 0:
-        raise ConfigError(f"{source}: train.cosine_every: must be >= 0 (0: off), got {cfg.train.cosine_every}")
     if cfg.model.kind == "causal_lm" and cfg.model.backbone == "minilm":  # the encoder default: unset
         cfg.model.backbone = "smollm2"
+
+
+def _check_ranges(cfg: Config, source: str) -> None:
+    """Every numeric setting within its range; the error names the key and the allowed range."""
+    t = cfg.train
+    at_least = {  # key: (value, minimum); None values are "unset" and allowed
+        "seed": (cfg.seed, 0), "model.max_length": (cfg.model.max_length, 1),
+        "train.max_steps": (t.max_steps, 1), "train.batch_size": (t.batch_size, 1),
+        "train.eval_batch_size": (t.eval_batch_size, 1), "train.grad_accum": (t.grad_accum, 1),
+        "train.eval_every": (t.eval_every, 1), "train.log_every": (t.log_every, 1),
+        "train.early_stopping": (t.early_stopping, 1), "train.grad_layers": (t.grad_layers, 1),
+        "train.cosine_every": (t.cosine_every, 0), "train.checkpoint_every": (t.checkpoint_every, 1),
+        "train.keep_checkpoints": (t.keep_checkpoints, 1), "train.max_skips": (t.max_skips, 0),
+        "train.skip_window": (t.skip_window, 1), "train.num_threads": (t.num_threads, 1),
+    }
     for i, task in enumerate(cfg.tasks):
-        if task.max_new_tokens <= 0 or task.num_beams <= 0:
-            raise ConfigError(f"{source}: tasks[{i}]: max_new_tokens and num_beams must be positive")
+        at_least.update({f"tasks[{i}].max_new_tokens": (task.max_new_tokens, 1),
+                         f"tasks[{i}].num_beams": (task.num_beams, 1),
+                         f"tasks[{i}].data.max_train": (task.data.max_train, 1),
+                         f"tasks[{i}].data.max_eval": (task.data.max_eval, 1)})
+    if cfg.compare is not None:
+        at_least["compare.inference_examples"] = (cfg.compare.inference_examples, 0)
+    for key, (value, low) in at_least.items():
+        if value is not None and value < low:
+            rule = "must be positive" if low == 1 else f"must be >= {low}"
+            raise ConfigError(f"{source}: {key}: {rule}, got {value}")
+    positive_finite = {"train.lr": t.lr, "train.head_lr": t.head_lr, "train.weighting_lr": t.weighting_lr,
+                       "train.grad_clip": t.grad_clip}
+    for key, value in positive_finite.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{source}: {key}: must be a positive finite number, got {value}")
+    fractions = {"train.warmup_ratio": t.warmup_ratio, "train.weight_decay": t.weight_decay,
+                 **{f"tasks[{i}].head_dropout": task.head_dropout for i, task in enumerate(cfg.tasks)}}
+    for key, value in fractions.items():
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise ConfigError(f"{source}: {key}: must be in [0, 1), got {value}")
 
 
 def _join(path: str, key: str) -> str:

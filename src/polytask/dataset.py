@@ -86,6 +86,11 @@ def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData
                 if ex is not None:
                     examples.append(ex)
             data.examples[split] = examples
+            if split == "dev" and not records and not found:
+                problems.append(DataProblem(str(resolve_path(cfg, tc, "dev")), None, None,
+                                            f"task '{tc.name}' has an empty dev split (model selection and early "
+                                            f"stopping would leave the task out); fill it, or remove data.dev to "
+                                            f"train the task without dev metrics"))
         train = data.examples.get("train", [])
         if "train" in splits and not train and train_readable:
             problems.append(DataProblem(str(resolve_path(cfg, tc, "train")), None, None,

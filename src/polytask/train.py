@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from polytask.backbones import load_backbone, pad_id
+from polytask.backbones import check_max_length, load_backbone, pad_id
 from polytask.config import Config, differences, load_config, to_dict
 from polytask.dataset import TaskData, encode_all, prepare
 from polytask.draws import StepDraws
@@ -238,6 +238,7 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     run.create()
     data = prepare(cfg)  # raises DataError listing every problem before anything is built
     backbone, tokenizer = load_backbone(cfg.model)
+    check_max_length(cfg.model.max_length, backbone.config)
     encode_all(data, tokenizer, cfg.model.max_length)
     tasks = {name: td.task for name, td in data.items()}
     seed_everything(cfg.seed)  # heads are initialised the same whatever loading consumed

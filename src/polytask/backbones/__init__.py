@@ -40,9 +40,40 @@ def backbone_from_config(model_cfg, config_dir: str | Path):
     return KINDS[model_cfg.kind]().from_config(config_dir, model_cfg.dtype)
 
 
+def pretrained_config(model_cfg):
+    """The pretrained backbone's Hugging Face config (no weights loaded): for ``polytask check``."""
+    from transformers import AutoConfig
+
+    from polytask.errors import ConfigError
+
+    if model_cfg.kind == "causal_lm":
+        from polytask.backbones.causal_lm import resolve_source
+
+        source = resolve_source(model_cfg.backbone)
+        path, kwargs = source.path, ({"gguf_file": source.gguf_file} if source.gguf_file else {})
+    else:
+        from polytask.backbones.encoder import resolve_backbone
+
+        path, kwargs = resolve_backbone(model_cfg.backbone), {}
+    try:
+        return AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.backbone: cannot load '{model_cfg.backbone}' ({path}): {exc}") from None
+
+
+def check_max_length(max_length: int, config) -> None:
+    """``model.max_length`` within the backbone's position embeddings (else it crashes mid-run)."""
+    from polytask.errors import ConfigError
+
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"model.max_length: {max_length} is more than the backbone's {limit} position "
+                          f"embeddings; use at most {limit}")
+
+
 def pad_id(tokenizer) -> int:
     """The id that fills padding positions (always masked, so 0 when the tokenizer has none)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-__all__ = ["KINDS", "backbone_from_config", "load_backbone", "pad_id"]
+__all__ = ["KINDS", "backbone_from_config", "check_max_length", "load_backbone", "pad_id", "pretrained_config"]

@@ -22,19 +22,17 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from polytask.compare.prepared import Prepared
-from polytask.config import (CompareConfig, ComponentConfig, Config, MethodConfig, TrainConfig, apply_override, differences,
-                             from_dict, to_dict, validate)
+from polytask.config import (NAME_PATTERN, CompareConfig, ComponentConfig, Config, MethodConfig, TrainConfig,
+                             apply_override, differences, from_dict, to_dict, validate)
 from polytask.errors import ConfigError
 from polytask.run_folder import RunFolder
 
 SINGLE = "single"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # keys that locate a run rather than define it: they may differ between a finished sub-run and
 # today's plan (e.g. the data moved) without making its numbers stale
 _LOCATION_KEYS = frozenset({"data_dir", "output_dir", "name", "train.num_threads", "compare"})
@@ -178,7 +176,7 @@ def _methods(cc: CompareConfig) -> list[MethodConfig]:
     methods = list(cc.methods) or [MethodConfig(name="mtl")]
     seen: set[str] = set()
     for i, m in enumerate(methods):
-        if not _NAME.match(m.name) or m.name == SINGLE:
+        if not NAME_PATTERN.match(m.name) or m.name in (SINGLE, ".", ".."):
             raise ConfigError(f"compare.methods[{i}].name: '{m.name}' must be a folder name "
                               f"(letters, digits, '-', '_', '.') other than '{SINGLE}'")
         if m.name in seen:

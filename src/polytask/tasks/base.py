@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from polytask.config import TaskConfig
 from polytask.data.records import Record
-from polytask.errors import DataProblem
+from polytask.errors import ConfigError, DataProblem
 
 
 LOWER_IS_BETTER = frozenset({"mse", "loss"})
@@ -66,6 +66,7 @@ class Task:
 
     type_name: ClassVar[str]
     default_metric: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]] = ()  # what ``metrics`` returns; main_metric is one of them
     text_fields: ClassVar[tuple[str, ...]] = ("text",)
     optional_fields: ClassVar[tuple[str, ...]] = ("text_pair",)
     target_field: ClassVar[str] = "label"
@@ -74,6 +75,9 @@ class Task:
         self.cfg = cfg
         self.name = cfg.name
         self.main_metric = cfg.main_metric or self.default_metric
+        if self.metric_names and self.main_metric not in self.metric_names:
+            raise ConfigError(f"tasks[{cfg.name}].main_metric: {self.main_metric!r} is not a metric of a "
+                              f"{self.type_name} task (one of: {', '.join(self.metric_names)})")
 
     @property
     def higher_is_better(self) -> bool:

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytask import metrics as M
+from polytask.errors import ConfigError
 from polytask.tasks.base import Example, SequenceHead, Task
 
 
 class ClassificationTask(Task):
     type_name = "classification"
     default_metric = "accuracy"
+    metric_names = ("accuracy", "macro_f1", "matthews", "f1")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -29,6 +31,9 @@ class ClassificationTask(Task):
     def fit(self, train: list[Example]) -> None:
         if not self.cfg.labels:
             self.labels = sorted({e.fields["label"] for e in train})
+        if self.main_metric == "f1" and len(self.labels) != 2:
+            raise ConfigError(f"tasks[{self.name}].main_metric: 'f1' is the binary F1 of the second label, but "
+                              f"this task has {len(self.labels)} labels; use macro_f1, accuracy or matthews")
 
     def check_eval(self, example: Example) -> str | None:
         if example.fields["label"] not in self.labels:

@@ -20,6 +20,7 @@ from polytask.tasks.base import Example, SequenceHead, Task
 class MultiLabelTask(Task):
     type_name = "multilabel"
     default_metric = "micro_f1"
+    metric_names = ("micro_f1", "macro_f1")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -22,6 +22,7 @@ from polytask.tasks.base import Example, SequenceHead, Task
 class RegressionTask(Task):
     type_name = "regression"
     default_metric = "pearson"
+    metric_names = ("pearson", "spearman", "mse")
     target_field = "target"
 
     def __init__(self, cfg):

@@ -34,6 +34,7 @@ class TokenHead(nn.Module):
 class TaggingTask(Task):
     type_name = "tagging"
     default_metric = "f1"
+    metric_names = ("f1", "precision", "recall")
     text_fields = ("tokens",)
     optional_fields = ()
     target_field = "tags"
