@@ -26,3 +26,25 @@ class NaNTask(ClassificationTask):
             if self.calls in self.bad:
                 return loss * torch.tensor(float("nan"))
         return loss
+
+
+class PoisonTask(ClassificationTask):
+    """Classification whose loss is NaN for any batch holding an example whose text contains
+    POISON (so the offending examples can be located one by one)."""
+
+    type_name = "poison-test"
+
+    def encode(self, examples, tokenizer, max_length):
+        feats = super().encode(examples, tokenizer, max_length)
+        for f, e in zip(feats, examples):
+            f["poison"] = "POISON" in e.fields["text"]
+        return feats
+
+    def collate(self, feats, pad_id):
+        batch = super().collate(feats, pad_id)
+        batch["poison"] = torch.tensor([f["poison"] for f in feats])
+        return batch
+
+    def loss(self, out, batch):
+        loss = super().loss(out, batch)
+        return loss * torch.tensor(float("nan")) if bool(batch["poison"].any()) else loss

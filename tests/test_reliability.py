@@ -211,3 +211,15 @@ def test_missing_backbone_path_named(tmp_path):
 
     with pytest.raises(ConfigError, match="model.backbone: path not found"):
         load_encoder(str(tmp_path / "nope"))
+
+
+def test_nonfinite_report_names_the_offending_examples(tiny_backbone, tmp_path):
+    rows = [{"text": f"plain sentence number {i}", "label": "ab"[i % 2]} for i in range(40)]
+    rows[21]["text"] = rows[22]["text"] = "POISON here"
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(tiny_backbone, tmp_path, max_steps=6, eval_every=6, log_every=1, on_nonfinite="stop",
+                      batch_size=40)
+    cfg["tasks"] = [{"name": "p", "type": "nan_task:PoisonTask", "data": {"train": str(data)}}]
+    with pytest.raises(NonFiniteError, match=f"non-finite for: {data}:22, {data}:23"):
+        train(from_dict(cfg), progress=False)

@@ -21,6 +21,7 @@ import contextlib
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -282,7 +283,7 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
             outcome = train_step(s, state)
             state.step += 1
             if outcome.fault is not None:
-                handle_fault(s.cfg, state, s.run, outcome.fault, s.data, bar)
+                handle_fault(s, state, outcome.fault, bar)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in state.running.items()}, refresh=False)
             if state.step % t.log_every == 0:
@@ -469,13 +470,18 @@ def probe_due(step: int, log_every: int, every: int) -> bool:
     return every > 0 and step % log_every == 0 and step // every != (step - log_every) // every
 
 
-def handle_fault(cfg: Config, state: LoopState, run: RunFolder, fault, data, bar) -> None:
+def handle_fault(s: Session, state: LoopState, fault, bar) -> None:
     """Apply the non-finite policy: count and skip the batch, or stop with a report."""
+    cfg = s.cfg
     kind, task, indices = fault
-    first = data[task.split(",")[0]].examples["train"][indices[0]].source
-    report = (f"non-finite {kind} in task '{task}' at step {state.step} "
-              f"(batch of {len(indices)} examples, first: {first})")
-    run.append_event({"kind": "nonfinite", "step": state.step, "what": kind, "task": task, "first_example": first})
+    examples = s.data[task.split(",")[0]].examples["train"]
+    first = examples[indices[0]].source
+    culprits = nonfinite_examples(s, task, indices) if "," not in task else []
+    where = (f"non-finite for: {', '.join(culprits[:5])}" if culprits
+             else f"first: {first}; no single example is non-finite alone")
+    report = f"non-finite {kind} in task '{task}' at step {state.step} (batch of {len(indices)} examples, {where})"
+    s.run.append_event({"kind": "nonfinite", "step": state.step, "what": kind, "task": task, "first_example": first,
+                        "examples": culprits})
     if cfg.train.on_nonfinite == "stop":
         raise NonFiniteError(report + "; set train.on_nonfinite=skip to skip such batches")
     state.skipped_steps = [s for s in state.skipped_steps if s > state.step - cfg.train.skip_window] + [state.step]
@@ -483,6 +489,24 @@ def handle_fault(cfg: Config, state: LoopState, run: RunFolder, fault, data, bar
     if len(state.skipped_steps) > cfg.train.max_skips:
         raise NonFiniteError(f"{len(state.skipped_steps)} batches skipped within {cfg.train.skip_window} steps "
                              f"(train.max_skips={cfg.train.max_skips}); last: {report}")
+
+
+@torch.no_grad()
+def nonfinite_examples(s: Session, task: str, indices: list[int]) -> list[str]:
+    """The examples of a faulty batch whose loss is non-finite on their own (eval mode, one at a
+    time: no dropout, no RNG drawn, nothing trained), as ``file:line``."""
+    was_training = s.model.training
+    s.model.eval()
+    try:
+        found = []
+        for i in sorted(indices):  # in file order
+            batch = train_batch(s.data[task], [i], s.pad_id)
+            out, _ = s.model(batch, task)
+            if not torch.isfinite(s.tasks[task].loss(out, batch)):
+                found.append(s.data[task].examples["train"][i].source)
+        return found
+    finally:
+        s.model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,6 +559,8 @@ class StopFlag:
         if self.signum is None:
             self.signum = signum
         elif signum == signal.SIGINT:  # a second Ctrl-C: a person wants it to stop now
+            print("\nsecond Ctrl-C: stopping now, without the checkpoint of this step; `polytask train --resume` "
+                  "continues from the last one written", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         # a repeated SIGTERM (schedulers, parent-death signals) must not cut the checkpoint short
 

@@ -141,3 +141,10 @@ def test_tagging_entity_f1():
     task = make("tagging")
     m = task.metrics([["B-PER", "I-PER", "O"]], [["B-PER", "I-PER", "B-LOC"]])
     assert m["precision"] == 1.0 and m["recall"] == 0.5 and m["f1"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("value", [True, False, "abc", None])
+def test_regression_rejects_non_numbers_including_booleans(value):
+    task = make("regression", columns={"target": "score"})
+    ex, problems = task.parse(Record({"text": "a", "score": value}, "f.jsonl", 3))
+    assert ex is None and "expected a number" in str(problems[0]) and "f.jsonl:3" in str(problems[0])

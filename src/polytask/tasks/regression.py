@@ -30,6 +30,8 @@ class RegressionTask(Task):
         self.mean, self.std = 0.0, 1.0
 
     def check_target(self, value: Any) -> tuple[Any, str | None]:
+        if isinstance(value, bool):  # float(True) is 1.0: a label column named as the target
+            return value, f"expected a number, got {value!r}"
         try:
             number = float(value)
         except (TypeError, ValueError):
