@@ -94,3 +94,46 @@ def test_empty_dev_split_is_an_error(tmp_path):
         {"name": "cls", "type": "classification", "data": {"train": "train.jsonl", "dev": "dev.jsonl"}}]})
     with pytest.raises(DataError, match="task 'cls' has an empty dev split.*remove data.dev"):
         prepare(cfg)
+
+
+def messy(tmp_path, n=200, empty=(3, 50), **data):
+    rows = [json.dumps({"text": "" if i in empty else f"text {i}", "label": "ab"[i % 2]}) for i in range(n)]
+    write(tmp_path / "train.jsonl", rows)
+    return from_dict({"data_dir": str(tmp_path), "tasks": [
+        {"name": "hate", "type": "classification", "data": {"train": "train.jsonl", **data}}]})
+
+
+def test_invalid_rows_are_errors_by_default(tmp_path):
+    with pytest.raises(DataError, match=r"train.jsonl: field 'text': empty text \(2 rows: lines 4, 51\)"):
+        prepare(messy(tmp_path))
+
+
+def test_on_invalid_skip_drops_them_and_lists_them(tmp_path):
+    from polytask.dataset import skipped_rows
+
+    data = prepare(messy(tmp_path, on_invalid="skip"))
+    assert len(data["hate"].examples["train"]) == 198
+    assert [p.line for p in data["hate"].skipped["train"]] == [4, 51]
+    (line,) = skipped_rows(data)
+    assert "skipped 2 invalid rows of task 'hate' (train" in line
+    assert "train.jsonl: field 'text': empty text (2 rows: lines 4, 51)" in line
+
+
+def test_on_invalid_skip_still_fails_past_max_invalid(tmp_path):
+    with pytest.raises(DataError, match=r"3 of 200 rows of task 'hate' \(train\) are invalid, more than "
+                                        r"data.max_invalid=0.01"):
+        prepare(messy(tmp_path, empty=(1, 2, 3), on_invalid="skip"))
+    assert len(prepare(messy(tmp_path, empty=(1, 2, 3), on_invalid="skip", max_invalid=0.02))["hate"]
+               .examples["train"]) == 197
+
+
+def test_the_same_problem_on_many_rows_is_one_line(tmp_path):
+    write(tmp_path / "train.jsonl", [json.dumps({"text": f"t{i}", "class": "a"}) for i in range(3000)])
+    cfg = from_dict({"data_dir": str(tmp_path), "tasks": [
+        {"name": "t", "type": "classification", "data": {"train": "train.jsonl"}}]})
+    with pytest.raises(DataError) as info:
+        prepare(cfg)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "3001 data problems:"  # every row, and "no training examples"
+    assert "field 'label': missing column (available: class, text) (3000 rows: lines 1, 2, 3, ...)" in lines[1]
+    assert "has no training examples" in lines[2] and len(lines) == 3

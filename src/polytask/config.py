@@ -41,6 +41,8 @@ class DataConfig:
     delimiter: str | None = None  # CSV/TSV override
     tag_column: int = -1  # CoNLL: which column holds the tag
     encoding: str = "utf-8"
+    on_invalid: Literal["error", "skip"] = "error"  # invalid rows: stop with every problem, or drop them
+    max_invalid: float = 0.01  # with skip: more than this fraction of a split's rows invalid is still an error
 
 
 @dataclass
@@ -414,6 +416,9 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for key, value in fractions.items():
         if not (math.isfinite(value) and 0 <= value < 1):
             raise ConfigError(f"{source}: {key}: must be in [0, 1), got {value}")
+    for i, task in enumerate(cfg.tasks):
+        if not 0 <= task.data.max_invalid <= 1:
+            raise ConfigError(f"{source}: tasks[{i}].data.max_invalid: must be in [0, 1], got {task.data.max_invalid}")
 
 
 def _join(path: str, key: str) -> str:

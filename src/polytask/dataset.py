@@ -13,7 +13,7 @@ from pathlib import Path
 
 from polytask.config import Config, TaskConfig
 from polytask.data.records import Record, read_records
-from polytask.errors import DataError, DataProblem
+from polytask.errors import DataError, DataProblem, group_problems
 from polytask.tasks import Example, Task, build_task
 
 SPLITS = ("train", "dev", "test")
@@ -26,6 +26,7 @@ class TaskData:
     task: Task
     examples: dict[str, list[Example]] = field(default_factory=dict)
     features: dict[str, list[dict]] = field(default_factory=dict)
+    skipped: dict[str, list[DataProblem]] = field(default_factory=dict)  # invalid rows dropped (on_invalid: skip)
 
 
 def resolve_path(cfg: Config, task: TaskConfig, split: str) -> str | None:
@@ -61,52 +62,104 @@ def read_split(cfg: Config, tc: TaskConfig, split: str) -> tuple[list[Record], l
 
 
 def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData]:
-    """Read, validate and fit every task; raise DataError with every problem found."""
+    """Read, validate and fit every task; raise DataError with every problem found.
+
+    Invalid rows are problems, unless the task's ``data.on_invalid`` is ``skip``: then they are
+    dropped and listed in ``TaskData.skipped``, as long as they are at most ``data.max_invalid``
+    of their split's rows.
+    """
     problems: list[DataProblem] = []
     out: dict[str, TaskData] = {}
     for tc in cfg.tasks:
-        task = build_task(tc)
-        data = TaskData(task)
-        train_readable = True
-        for split in splits:
-            if getattr(tc.data, split) is None and tc.data.format != "synthetic":
-                if split == "train":
-                    problems.append(DataProblem(f"<config tasks[{tc.name}]>", None, "data.train",
-                                                "no training data configured"))
-                    train_readable = False
-                continue
-            records, found = read_split(cfg, tc, split)
-            problems += found
-            if split == "train" and found:
-                train_readable = False  # already reported; "no examples" would say it twice
-            examples = []
-            for rec in records:
-                ex, bad = task.parse(rec)
-                problems += bad
-                if ex is not None:
-                    examples.append(ex)
-            data.examples[split] = examples
-            if split == "dev" and not records and not found:
-                problems.append(DataProblem(str(resolve_path(cfg, tc, "dev")), None, None,
-                                            f"task '{tc.name}' has an empty dev split (model selection and early "
-                                            f"stopping would leave the task out); fill it, or remove data.dev to "
-                                            f"train the task without dev metrics"))
-        train = data.examples.get("train", [])
-        if "train" in splits and not train and train_readable:
-            problems.append(DataProblem(str(resolve_path(cfg, tc, "train")), None, None,
-                                        f"task '{tc.name}' has no training examples"))
-        if train:
-            task.fit(train)
-            for split in ("dev", "test"):
-                for ex in data.examples.get(split, []):
-                    msg = task.check_eval(ex)
-                    if msg:
-                        file, _, line = ex.source.rpartition(":")
-                        problems.append(DataProblem(file, int(line), task.column(task.target_field), msg))
-        out[tc.name] = data
+        out[tc.name], found = prepare_task(cfg, tc, splits)
+        problems += found
     if problems:
         raise DataError(problems)
     return out
+
+
+def prepare_task(cfg: Config, tc: TaskConfig, splits: tuple[str, ...]) -> tuple[TaskData, list[DataProblem]]:
+    task = build_task(tc)
+    data = TaskData(task)
+    problems: list[DataProblem] = []
+    row_problems: dict[str, list[DataProblem]] = {}
+    train_readable = True
+    for split in splits:
+        if getattr(tc.data, split) is None and tc.data.format != "synthetic":
+            if split == "train":
+                problems.append(DataProblem(f"<config tasks[{tc.name}]>", None, "data.train",
+                                            "no training data configured"))
+                train_readable = False
+            continue
+        records, found = read_split(cfg, tc, split)
+        problems += [p for p in found if p.line is None]  # the file itself: never skipped
+        row_problems[split] = [p for p in found if p.line is not None]
+        if split == "train" and found:
+            train_readable = False  # already reported; "no examples" would say it twice
+        data.examples[split] = []
+        for rec in records:
+            ex, bad = task.parse(rec)
+            row_problems[split] += bad
+            if ex is not None:
+                data.examples[split].append(ex)
+        if split == "dev" and not records and not found:
+            problems.append(DataProblem(str(resolve_path(cfg, tc, "dev")), None, None,
+                                        f"task '{tc.name}' has an empty dev split (model selection and early "
+                                        f"stopping would leave the task out); fill it, or remove data.dev to "
+                                        f"train the task without dev metrics"))
+    train = data.examples.get("train", [])
+    if train:  # the valid rows (invalid ones were never examples)
+        task.fit(train)
+        for split in ("dev", "test"):
+            row_problems.setdefault(split, []).extend(eval_problems(task, data, split))
+    for split, found in row_problems.items():
+        problems += invalid_rows(tc, data, split, found)
+    if "train" in splits and not data.examples.get("train") and train_readable:
+        problems.append(DataProblem(str(resolve_path(cfg, tc, "train")), None, None,
+                                    f"task '{tc.name}' has no training examples"))
+    return data, problems
+
+
+def eval_problems(task: Task, data: TaskData, split: str) -> list[DataProblem]:
+    """Dev/test rows the fitted task cannot score (e.g. a label never seen in training)."""
+    out = []
+    for ex in data.examples.get(split, []):
+        msg = task.check_eval(ex)
+        if msg:
+            file, _, line = ex.source.rpartition(":")
+            out.append(DataProblem(file, int(line), task.column(task.target_field), msg))
+    return out
+
+
+def invalid_rows(tc: TaskConfig, data: TaskData, split: str, found: list[DataProblem]) -> list[DataProblem]:
+    """Apply ``data.on_invalid`` to a split's invalid rows: the problems that remain."""
+    if not found or tc.data.on_invalid == "error":
+        return found
+    bad = {(p.file, p.line) for p in found}
+    kept = [ex for ex in data.examples.get(split, []) if tuple(_location(ex.source)) not in bad]
+    total = len(kept) + len(bad)
+    if len(bad) > tc.data.max_invalid * total:
+        return found + [DataProblem(found[0].file, None, None, f"{len(bad)} of {total} rows of task '{tc.name}' "
+                                    f"({split}) are invalid, more than data.max_invalid={tc.data.max_invalid:g}")]
+    data.examples[split] = kept
+    data.skipped[split] = found
+    return []
+
+
+def skipped_rows(data: dict[str, TaskData], show: int = 3) -> list[str]:
+    """One line per task and split with skipped invalid rows: how many, and the first few."""
+    out = []
+    for name, td in data.items():
+        for split, found in td.skipped.items():
+            first = "; ".join(group_problems(found)[:show])
+            out.append(f"skipped {len(found)} invalid row{'s' if len(found) != 1 else ''} of task '{name}' "
+                       f"({split}, data.on_invalid=skip): {first}")
+    return out
+
+
+def _location(source: str) -> tuple[str, int]:
+    file, _, line = source.rpartition(":")
+    return file, int(line) if line.isdigit() else -1
 
 
 def encode_all(data: dict[str, TaskData], tokenizer, max_length: int) -> None:

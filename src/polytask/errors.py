@@ -29,15 +29,37 @@ class DataProblem:
 
 
 class DataError(PolytaskError):
-    """One or more data problems, collected before training starts and reported together."""
+    """One or more data problems, collected before training starts and reported together.
+
+    The same problem on many rows of a file (a wrong column name, say) is one line with the
+    number of rows and the first few line numbers, not thousands of lines.
+    """
 
     def __init__(self, problems: list[DataProblem], limit: int = 50):
         self.problems = list(problems)
-        shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
-        more = len(self.problems) - limit
+        groups = group_problems(self.problems)
+        shown = "\n".join(f"  - {g}" for g in groups[:limit])
+        more = len(groups) - limit
         tail = f"\n  ... and {more} more" if more > 0 else ""
         n = len(self.problems)
         super().__init__(f"{n} data problem{'s' if n != 1 else ''}:\n{shown}{tail}")
+
+
+def group_problems(problems: list[DataProblem], show_lines: int = 3) -> list[str]:
+    """One line per distinct (file, field, message), in order of first appearance."""
+    groups: dict[tuple, list[DataProblem]] = {}
+    for p in problems:
+        groups.setdefault((p.file, p.field, p.message), []).append(p)
+    out = []
+    for same in groups.values():
+        if len(same) == 1:
+            out.append(str(same[0]))
+            continue
+        first = same[0]
+        lines = ", ".join(str(p.line) for p in same[:show_lines]) + (", ..." if len(same) > show_lines else "")
+        what = f" field '{first.field}':" if first.field else ""
+        out.append(f"{first.file}:{what} {first.message} ({len(same)} rows: lines {lines})")
+    return out
 
 
 class CheckpointError(PolytaskError):

@@ -34,7 +34,7 @@ from transformers import get_scheduler
 
 from polytask.backbones import check_max_length, load_backbone, pad_id
 from polytask.config import Config, differences, load_config, to_dict
-from polytask.dataset import TaskData, encode_all, prepare
+from polytask.dataset import TaskData, encode_all, prepare, skipped_rows
 from polytask.draws import StepDraws
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
@@ -238,6 +238,8 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
         torch.set_num_threads(t.num_threads)
     run.create()
     data = prepare(cfg)  # raises DataError listing every problem before anything is built
+    for line in skipped_rows(data):
+        print(f"warning: {line}", file=sys.stderr)
     backbone, tokenizer = load_backbone(cfg.model)
     check_max_length(cfg.model.max_length, backbone.config)
     encode_all(data, tokenizer, cfg.model.max_length)
@@ -262,7 +264,9 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
 def start(s: Session) -> LoopState:
     s.run.reset_events()
     sizes = {n: len(s.data[n].features["train"]) for n in s.tasks}
-    s.run.append_event({"kind": "start", "step": 0, "params": s.model.describe(), "train_sizes": sizes})
+    skipped = {n: {split: len(v) for split, v in s.data[n].skipped.items()} for n in s.tasks if s.data[n].skipped}
+    s.run.append_event({"kind": "start", "step": 0, "params": s.model.describe(), "train_sizes": sizes,
+                        **({"skipped_rows": skipped} if skipped else {})})
     return LoopState()
 
 
