@@ -109,12 +109,12 @@ def test_invalid_rows_are_errors_by_default(tmp_path):
 
 
 def test_on_invalid_skip_drops_them_and_lists_them(tmp_path):
-    from polytask.dataset import skipped_rows
+    from polytask.dataset import data_warnings
 
     data = prepare(messy(tmp_path, on_invalid="skip"))
     assert len(data["hate"].examples["train"]) == 198
     assert [p.line for p in data["hate"].skipped["train"]] == [4, 51]
-    (line,) = skipped_rows(data)
+    (line,) = data_warnings(data)
     assert "skipped 2 invalid rows of task 'hate' (train" in line
     assert "train.jsonl: field 'text': empty text (2 rows: lines 4, 51)" in line
 

@@ -146,10 +146,12 @@ def invalid_rows(tc: TaskConfig, data: TaskData, split: str, found: list[DataPro
     return []
 
 
-def skipped_rows(data: dict[str, TaskData], show: int = 3) -> list[str]:
-    """One line per task and split with skipped invalid rows: how many, and the first few."""
+def data_warnings(data: dict[str, TaskData], show: int = 3) -> list[str]:
+    """What the user should see before training: per task and split, the invalid rows skipped
+    (how many, the first few), and what fitting found suspicious (``Task.warnings``)."""
     out = []
     for name, td in data.items():
+        out += [f"task '{name}': {w}" for w in td.task.warnings]
         for split, found in td.skipped.items():
             first = "; ".join(group_problems(found)[:show])
             out.append(f"skipped {len(found)} invalid row{'s' if len(found) != 1 else ''} of task '{name}' "

@@ -34,7 +34,7 @@ from transformers import get_scheduler
 
 from polytask.backbones import check_max_length, load_backbone, pad_id
 from polytask.config import Config, differences, load_config, to_dict
-from polytask.dataset import TaskData, encode_all, prepare, skipped_rows
+from polytask.dataset import TaskData, data_warnings, encode_all, prepare
 from polytask.draws import StepDraws
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
@@ -238,7 +238,7 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
         torch.set_num_threads(t.num_threads)
     run.create()
     data = prepare(cfg)  # raises DataError listing every problem before anything is built
-    for line in skipped_rows(data):
+    for line in data_warnings(data):
         print(f"warning: {line}", file=sys.stderr)
     backbone, tokenizer = load_backbone(cfg.model)
     check_max_length(cfg.model.max_length, backbone.config)

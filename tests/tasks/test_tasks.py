@@ -148,3 +148,14 @@ def test_regression_rejects_non_numbers_including_booleans(value):
     task = make("regression", columns={"target": "score"})
     ex, problems = task.parse(Record({"text": "a", "score": value}, "f.jsonl", 3))
     assert ex is None and "expected a number" in str(problems[0]) and "f.jsonl:3" in str(problems[0])
+
+
+def test_a_typo_sized_regression_target_is_warned_about():
+    task = make("regression", columns={"target": "score"})
+    rows = [{"text": "a", "score": v} for v in [1.0, 2.5, 3.0, 1e30, 4.0, 2.0]]
+    examples = [task.parse(Record(r, "s.jsonl", i + 1))[0] for i, r in enumerate(rows)]
+    task.fit(examples)
+    (warning,) = task.warnings
+    assert "s.jsonl:4 (1e+30)" in warning and "flattens every other target" in warning
+    task.fit(examples[:3] + examples[4:])
+    assert task.warnings == []

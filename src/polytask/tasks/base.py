@@ -75,6 +75,7 @@ class Task:
         self.cfg = cfg
         self.name = cfg.name
         self.main_metric = cfg.main_metric or self.default_metric
+        self.warnings: list[str] = []  # what ``fit`` found suspicious in the training data
         if self.metric_names and self.main_metric not in self.metric_names:
             raise ConfigError(f"tasks[{cfg.name}].main_metric: {self.main_metric!r} is not a metric of a "
                               f"{self.type_name} task (one of: {', '.join(self.metric_names)})")

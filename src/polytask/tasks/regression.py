@@ -44,6 +44,8 @@ class RegressionTask(Task):
         ys = torch.tensor([e.fields["target"] for e in train], dtype=torch.float64)
         self.mean = float(ys.mean())
         self.std = float(ys.std()) if len(ys) > 1 and float(ys.std()) > 0 else 1.0
+        self.warnings = extreme_targets(ys, train)
+
 
     def vocab_state(self) -> dict:
         return {"mean": self.mean, "std": self.std}
@@ -69,3 +71,18 @@ class RegressionTask(Task):
     def metrics(self, preds: list, refs: list) -> dict[str, float]:
         mse = sum((p - r) ** 2 for p, r in zip(preds, refs)) / max(len(refs), 1)
         return {"pearson": M.pearson(refs, preds), "spearman": M.spearman(refs, preds), "mse": mse}
+
+
+def extreme_targets(ys: Tensor, train: list[Example], ratio: float = 1e6) -> list[str]:
+    """Targets more than ``ratio`` median absolute deviations from the median: one such value
+    sets the standardisation's scale, and every other target becomes ~0 (a typo like 1e30)."""
+    median = ys.median()
+    mad = (ys - median).abs().median()
+    if len(ys) < 3 or float(mad) == 0.0:
+        return []
+    far = ((ys - median).abs() > ratio * mad).nonzero(as_tuple=True)[0].tolist()
+    if not far:
+        return []
+    where = ", ".join(f"{train[i].source} ({float(ys[i]):g})" for i in far[:3])
+    return [f"{len(far)} regression target(s) over {ratio:g} median absolute deviations from the median "
+            f"({float(median):g}): {where}; standardising by them flattens every other target"]
