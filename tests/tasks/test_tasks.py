@@ -159,3 +159,12 @@ def test_a_typo_sized_regression_target_is_warned_about():
     assert "s.jsonl:4 (1e+30)" in warning and "flattens every other target" in warning
     task.fit(examples[:3] + examples[4:])
     assert task.warnings == []
+
+
+def test_huge_texts_encode_like_the_tokenizer_does_without_tokenizing_it_all(tok):
+    task = make("classification")
+    text, pair = "the quick brown fox jumps " * 40000, "over the lazy dog " * 30000  # 1 MB, 540 kB
+    ex = task.parse(Record({"text": text, "text_pair": pair, "label": "a"}, "f", 1))[0]
+    task.fit([ex])
+    (feat,) = task.encode([ex], tok, 64)
+    assert feat["input_ids"] == tok(text, pair, truncation=True, max_length=64)["input_ids"]

@@ -24,6 +24,9 @@ from polytask.errors import ConfigError, DataProblem
 
 
 LOWER_IS_BETTER = frozenset({"mse", "loss"})
+# Texts are cut to max_length * this many characters before tokenizing: far more than any real
+# text needs per token, so the kept tokens are the same, without tokenizing megabytes to drop them.
+MAX_CHARS_PER_TOKEN = 100
 
 
 @dataclass
@@ -152,8 +155,9 @@ class Task:
     # -- tensors -----------------------------------------------------------------------------
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
         """Tokenize examples (one tokenizer call for all) and attach their targets."""
-        texts = [e.fields["text"] for e in examples]
-        pairs = [e.fields.get("text_pair") for e in examples]
+        clip = max_length * MAX_CHARS_PER_TOKEN  # a 10 MB line is not tokenized whole to keep 128 tokens
+        texts = [e.fields["text"][:clip] for e in examples]
+        pairs = [None if e.fields.get("text_pair") is None else e.fields["text_pair"][:clip] for e in examples]
         has_pair = any(p is not None for p in pairs)
         enc = tokenizer(
             texts, pairs if has_pair else None, truncation=True, max_length=max_length
