@@ -163,8 +163,9 @@ def test_a_typo_sized_regression_target_is_warned_about():
 
 def test_huge_texts_encode_like_the_tokenizer_does_without_tokenizing_it_all(tok):
     task = make("classification")
-    text, pair = "the quick brown fox jumps " * 40000, "over the lazy dog " * 30000  # 1 MB, 540 kB
-    ex = task.parse(Record({"text": text, "text_pair": pair, "label": "a"}, "f", 1))[0]
-    task.fit([ex])
-    (feat,) = task.encode([ex], tok, 64)
-    assert feat["input_ids"] == tok(text, pair, truncation=True, max_length=64)["input_ids"]
+    text, pair = "the quick brown fox jumps " * 4000, "over the lazy dog " * 3000  # 104 kB, 54 kB
+    single = task.parse(Record({"text": text, "label": "a"}, "f", 1))[0]
+    both = task.parse(Record({"text": text, "text_pair": pair, "label": "a"}, "f", 2))[0]
+    task.fit([single])
+    assert task.encode([single], tok, 64)[0]["input_ids"] == tok(text, truncation=True, max_length=64)["input_ids"]
+    assert task.encode([both], tok, 64)[0]["input_ids"] == tok(text, pair, truncation=True, max_length=64)["input_ids"]

@@ -24,8 +24,9 @@ from polytask.errors import ConfigError, DataProblem
 
 
 LOWER_IS_BETTER = frozenset({"mse", "loss"})
-# Texts are cut to max_length * this many characters before tokenizing: far more than any real
-# text needs per token, so the kept tokens are the same, without tokenizing megabytes to drop them.
+# Single texts are cut to max_length * this many characters before tokenizing: far more than any
+# real text needs per token, so the kept tokens are the same, without tokenizing megabytes to
+# drop them.
 MAX_CHARS_PER_TOKEN = 100
 
 
@@ -156,8 +157,10 @@ class Task:
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
         """Tokenize examples (one tokenizer call for all) and attach their targets."""
         clip = max_length * MAX_CHARS_PER_TOKEN  # a 10 MB line is not tokenized whole to keep 128 tokens
-        texts = [e.fields["text"][:clip] for e in examples]
-        pairs = [None if e.fields.get("text_pair") is None else e.fields["text_pair"][:clip] for e in examples]
+        pairs = [e.fields.get("text_pair") for e in examples]
+        # a pair is never cut: how truncation shares max_length between the two texts depends
+        # on both full lengths
+        texts = [e.fields["text"] if p is not None else e.fields["text"][:clip] for e, p in zip(examples, pairs)]
         has_pair = any(p is not None for p in pairs)
         enc = tokenizer(
             texts, pairs if has_pair else None, truncation=True, max_length=max_length
