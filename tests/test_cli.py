@@ -88,3 +88,14 @@ def test_predict_text_and_file(run_dir, tmp_path):
 def test_predict_unknown_task(run_dir):
     proc = cli("predict", run_dir, "--task", "nope", "--text", "x", check=False)
     assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.max_length=4096", "model.max_length: 4096 is more than the backbone's 128 position embeddings"),
+    ("train.grad_clip=-1", "train.grad_clip: must be a positive finite number"),
+    ("tasks.topic.main_metric=bleu", "tasks[topic].main_metric: 'bleu' is not a metric of a classification task"),
+    ("name=../escaped", "name: '../escaped' must be one folder name"),
+])
+def test_check_catches_settings_that_would_fail_later(config_file, override, message):
+    proc = cli("check", config_file, override, check=False)
+    assert proc.returncode == 2 and message in proc.stderr

@@ -2,7 +2,7 @@
 
 Layers, top to bottom (docs/architecture.md):
 
-    entry points   cli, compare/, export, train, predict, the package root
+    entry points   cli, compare/, export, train, predict, serve/, the package root
     model          model, evaluate, dataset, gradients
     components     architectures/, weighting/, tasks/, sampling, draws
     foundation     backbones/, data/, config, run_folder, files, state_io, metrics, errors,
@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "polytask"
 
 LAYERS = {
-    3: ["polytask", "cli", "compare", "export", "train", "predict"],
+    3: ["polytask", "cli", "compare", "export", "train", "predict", "serve"],
     2: ["model", "evaluate", "dataset", "gradients"],
     1: ["architectures", "weighting", "tasks", "sampling", "draws"],
     0: ["backbones", "data", "config", "run_folder", "files", "state_io", "metrics", "errors", "registry",

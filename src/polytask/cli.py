@@ -1,4 +1,4 @@
-"""Command line: ``polytask train | evaluate | predict | check | compare | export-adapter | merge-lora``.
+"""Command line: ``polytask train | evaluate | predict | serve | check | compare | export-adapter | merge-lora``.
 
 Each verb is a thin wrapper over a library function; errors become one red line and exit code 2."""
 
@@ -16,19 +16,47 @@ from polytask.errors import PolytaskError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multi-task learning with pretrained language models.")
 
+def _version(value: bool) -> None:
+    if value:
+        from polytask._version import __version__
+
+        typer.echo(f"polytask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit")) -> None:
+    """Multi-task learning with pretrained language models."""
+
+
 OVERRIDES = typer.Argument(None, help="Config overrides like train.max_steps=100 tasks.sst2.data.max_train=500")
+ALLOW_CODE = typer.Option(False, help="Import module:Class components named in the run folder's config "
+                                      "(only for run folders you trust)")
 
 
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {_describe(exc)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
+def _describe(exc: Exception) -> str:
+    """One line for the user: a PolytaskError says it itself; a failed read or write names the
+    path and the operating system's reason (a full disk, a read-only folder, a file in the way)."""
+    if isinstance(exc, OSError) and not isinstance(exc, PolytaskError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot read or write{where}: {exc.strerror or exc} (check the path, its permissions and free space)"
+    return str(exc)
+
+
+USER_ERRORS = (PolytaskError, OSError)
+
+
 def _call(fn, *args):
-    """``fn(*args)``, with a PolytaskError reported as one line and exit code 2."""
+    """``fn(*args)``, with a user error (PolytaskError, OSError) reported as one line and exit code 2."""
     try:
         return fn(*args)
-    except PolytaskError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -38,11 +66,15 @@ def train(
     overrides: Optional[list[str]] = OVERRIDES,
     resume: Optional[Path] = typer.Option(None, help="Continue this run folder from its last good checkpoint"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
+    overwrite: bool = typer.Option(False, help="Start over in a run folder that holds another run (clears its files)"),
+    allow_changes: bool = typer.Option(False, help="With --resume: accept overrides that change the trajectory"),
+    allow_code: bool = typer.Option(False, help="With --resume: import module:Class components named in the run folder"),
 ) -> None:
     """Train one multi-task model on every task in CONFIG; writes a run folder.
 
     Ctrl-C or SIGTERM writes a checkpoint first; `polytask train --resume RUN_DIR` continues
-    it exactly (extra overrides such as train.max_steps=2000 may extend it).
+    it exactly (extra overrides such as train.max_steps=2000 may extend it; they are saved in
+    the run's config.yaml). A folder that holds another run is refused unless --overwrite.
     """
     from polytask.train import Interrupted, train as run_train
 
@@ -51,11 +83,12 @@ def train(
         overrides.insert(0, config)
         config = None
     try:
-        run_dir = run_train(config, overrides, progress=progress, resume=resume)
+        run_dir = run_train(config, overrides, progress=progress, resume=resume, overwrite=overwrite,
+                            allow_changes=allow_changes, allow_code=allow_code)
     except Interrupted as exc:
         typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)
-    except PolytaskError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     from polytask.run_folder import RunFolder
 
@@ -68,11 +101,12 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder written by 'polytask train'"),
     split: str = typer.Option("dev", help="dev or test"),
     overrides: Optional[list[str]] = OVERRIDES,
+    allow_code: bool = ALLOW_CODE,
 ) -> None:
     """Evaluate a trained run on its configured dev or test data (e.g. data_dir=... to move it)."""
     from polytask.predict import evaluate_run
 
-    result = _call(evaluate_run, run_dir, split, overrides or [])
+    result = _call(evaluate_run, run_dir, split, overrides or [], allow_code)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -83,24 +117,56 @@ def predict(
     text: Optional[list[str]] = typer.Option(None, help="Input text (repeatable)"),
     input: Optional[Path] = typer.Option(None, "--input", help="JSONL or CSV/TSV file of inputs"),
     output: Optional[Path] = typer.Option(None, help="Write JSONL here instead of stdout"),
+    allow_code: bool = ALLOW_CODE,
 ) -> None:
     """Predict with a trained run, for one task or all tasks, from --text or an --input file."""
     from polytask.predict import Predictor
 
     try:
         inputs = read_inputs(text, input)
-        pred = Predictor.load(run_dir)
+        pred = Predictor.load(run_dir, allow_code=allow_code)
         names = [task] if task else list(pred.tasks)
-        results = {name: pred.predict(name, inputs) for name in names}
-    except PolytaskError as exc:
+        # every task: one encoder pass per input where the architecture allows, and only the
+        # tasks whose fields an input has (the others are listed under "skipped")
+        results = {task: pred.predict(task, inputs)} if task else pred.predict_all(inputs)
+    except USER_ERRORS as exc:
         _fail(exc)
+    skipped = getattr(results, "skipped", {})
     out = open(output, "w") if output else sys.stdout
     for i, item in enumerate(inputs):
-        row = {"input": item, **{name: results[name][i] for name in names}}
+        row = {"input": item, **{name: results[name][i] for name in names if i not in skipped.get(name, {})}}
+        missed = {name: s[i] for name, s in skipped.items() if i in s}
+        if missed:
+            row["skipped"] = missed
         out.write(json.dumps(row) + "\n")
     if output:
         out.close()
         typer.echo(f"wrote {len(inputs)} predictions to {output}")
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run folder written by 'polytask train'"),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    max_batch_size: int = typer.Option(32, help="Inputs per model call at most (micro-batching)"),
+    max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to batch with"),
+    batching: bool = typer.Option(True, help="--no-batching: one request at a time"),
+    max_inputs: int = typer.Option(64, help="Inputs per request at most"),
+    max_chars: int = typer.Option(2000, help="Characters per input at most"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Largest max_new_tokens a request may ask "
+                                                 "(generation tasks; default: each task's configured value)"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve a trained run over HTTP (FastAPI): /v1/predict, /v1/tasks, /health, /metrics, /docs.
+
+    See docs/serving.md. SIGTERM or Ctrl-C finishes the requests in flight, then exits.
+    """
+    from polytask.serve import ServeSettings, serve as run_server
+
+    settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batching=batching,
+                             max_inputs=max_inputs, max_chars=max_chars, max_new_tokens=max_new_tokens)
+    _call(run_server, run_dir, host, port, settings, log_level)
 
 
 @app.command()
@@ -111,16 +177,20 @@ def check(
     """Validate CONFIG and all of its data without training; report every problem at once."""
     from polytask.config import load_config
     from polytask.dataset import prepare
-    from polytask.backbones.encoder import resolve_backbone
+    from polytask.backbones import check_max_length, pretrained_config
     from polytask.train import build_components
 
     try:
         cfg = load_config(config, overrides or [])
-        resolve_backbone(cfg.model.backbone)
+        check_max_length(cfg.model.max_length, pretrained_config(cfg.model))
         data = prepare(cfg)
         build_components(cfg, list(data), [len(td.examples["train"]) for td in data.values()])
-    except PolytaskError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
+    from polytask.dataset import data_warnings
+
+    for line in data_warnings(data):
+        typer.echo(f"warning: {line}")
     for name, td in data.items():
         counts = ", ".join(f"{s}={len(v)}" for s, v in td.examples.items())
         vocab = td.task.vocab_state()
@@ -183,7 +253,7 @@ def compare(
             typer.echo(f"budget: {p.budget_rule}; folder: {p.root}")
             return
         cmp.run_compare(cfg, progress=progress, echo=typer.echo, train_missing=not report_only)
-    except PolytaskError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 

@@ -19,6 +19,7 @@ Contract for an architecture (see tests/architectures/):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -43,6 +44,23 @@ class Architecture(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tasks = list(tasks)
+
+    #: Whether the encoder pass is the same for every task: ``forward(batch, task)`` equals
+    #: ``task_features(encode(batch), batch, task)``, so prediction for many tasks can encode an
+    #: input once and run only the cheap per-task part for each task (``Predictor.predict_all``).
+    #: Architectures whose encoder pass depends on the task (per-task adapters, soft-sharing
+    #: towers, cross-stitch, MTAN attention over every layer, causal_lm) leave it False and get
+    #: one pass per task.
+    shared_encoder: ClassVar[bool] = False
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        """The task-independent encoder output (B, T, H) (``shared_encoder`` architectures only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no task-independent encoder pass")
+
+    def task_features(self, encoded: Tensor, batch: dict[str, Tensor], task: str) -> Features:
+        """``task``'s features from :meth:`encode`'s output (rows may be a subset of a larger batch,
+        cut to ``batch``'s width; ``batch`` holds at least ``attention_mask``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no task-independent encoder pass")
 
     @classmethod
     def saves_backbone(cls, args: dict) -> bool:

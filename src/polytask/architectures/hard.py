@@ -12,7 +12,13 @@ from polytask.architectures.base import Architecture, Features
 
 
 class HardSharing(Architecture):
+    shared_encoder = True
+
     def forward(self, batch: dict[str, Tensor], task: str) -> Features:
-        out = self.backbone(**self.backbone_inputs(batch))
-        hidden = out.last_hidden_state  # (B, T, H)
-        return Features(hidden=hidden, mask=batch["attention_mask"], shared=hidden)
+        return self.task_features(self.encode(batch), batch, task)
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
+
+    def task_features(self, encoded: Tensor, batch: dict[str, Tensor], task: str) -> Features:
+        return Features(hidden=encoded, mask=batch["attention_mask"], shared=encoded)

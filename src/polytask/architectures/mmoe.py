@@ -76,8 +76,16 @@ class MMoE(Architecture):
         """Task ``task``'s gate over the experts for each token: (B, T, n_experts), rows sum to one."""
         return torch.softmax(self.gates[task](hidden), dim=-1)
 
+    shared_encoder = True  # the gates and experts run on the one task-independent encoder output
+
     def forward(self, batch: dict[str, Tensor], task: str) -> Features:
-        h = self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
+        return self.task_features(self.encode(batch), batch, task)
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
+
+    def task_features(self, encoded: Tensor, batch: dict[str, Tensor], task: str) -> Features:
+        h = encoded
         mixed = mix(self.gate(h, task), [e(h) for e in self.experts])
         return Features(hidden=h + mixed if self.residual else mixed, mask=batch["attention_mask"], shared=h)
 

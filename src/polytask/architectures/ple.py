@@ -82,8 +82,16 @@ class PLE(Architecture):
         mixed = mix(gate, outputs)
         return x + mixed if self.residual else mixed
 
+    shared_encoder = True  # the extraction levels run on the one task-independent encoder output
+
     def forward(self, batch: dict[str, Tensor], task: str) -> Features:
-        h = self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
+        return self.task_features(self.encode(batch), batch, task)
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
+
+    def task_features(self, encoded: Tensor, batch: dict[str, Tensor], task: str) -> Features:
+        h = encoded
         xt = {t: h for t in self.tasks}
         xs = h
         for i, level in enumerate(self.levels):

@@ -1,0 +1,31 @@
+"""The server's settings: batching and request limits (``polytask serve --help`` sets them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServeSettings:
+    """Args:
+        max_batch_size: inputs per model call at most (concurrent requests are batched up to it).
+        max_wait_ms: how long the first request of a batch waits for more (0: take what is queued).
+        batching: False runs one request at a time (``max_batch_size`` 1).
+        max_inputs: inputs per request at most.
+        max_chars: characters per input at most (all fields of an input together).
+        max_new_tokens: the largest ``max_new_tokens`` a request may ask of a generation task
+            (``None``: each task's configured value).
+        batch_size: inputs per forward pass inside one model call.
+    """
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    batching: bool = True
+    max_inputs: int = 64
+    max_chars: int = 2000
+    max_new_tokens: int | None = None
+    batch_size: int = 64
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.max_batch_size if self.batching else 1
