@@ -99,3 +99,11 @@ def test_predict_unknown_task(run_dir):
 def test_check_catches_settings_that_would_fail_later(config_file, override, message):
     proc = cli("check", config_file, override, check=False)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_predict_input_file_reports_every_problem_with_file_and_line(run_dir, tmp_path):
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"text": "fine"}\n{not json\n{"text": ""}\n')
+    proc = cli("predict", run_dir, "--task", "topic", "--input", bad, check=False)
+    assert proc.returncode == 2 and "2 data problems" in proc.stderr
+    assert f"{bad}:2: invalid JSON" in proc.stderr and f"{bad}:3: field 'text': empty text" in proc.stderr

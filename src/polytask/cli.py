@@ -122,15 +122,25 @@ def predict(
     """Predict with a trained run, for one task or all tasks, from --text or an --input file."""
     from polytask.predict import Predictor
 
+    from polytask.data.records import Record
+    from polytask.errors import DataError
+
     try:
-        inputs = read_inputs(text, input)
+        records, unreadable = read_inputs(text, input)
         pred = Predictor.load(run_dir, allow_code=allow_code)
         names = [task] if task else list(pred.tasks)
         # every task: one encoder pass per input where the architecture allows, and only the
         # tasks whose fields an input has (the others are listed under "skipped")
-        results = {task: pred.predict(task, inputs)} if task else pred.predict_all(inputs)
+        if unreadable:  # every problem of the file at once: unreadable lines and bad fields
+            try:
+                pred.parse_inputs(names, records, strict=task is not None)
+            except DataError as exc:
+                raise DataError(unreadable + exc.problems) from None
+            raise DataError(unreadable)
+        results = {task: pred.predict(task, records)} if task else pred.predict_all(records)
     except USER_ERRORS as exc:
         _fail(exc)
+    inputs = [r.fields if isinstance(r, Record) else r for r in records]
     skipped = getattr(results, "skipped", {})
     out = open(output, "w") if output else sys.stdout
     for i, item in enumerate(inputs):
@@ -199,18 +209,16 @@ def check(
     typer.echo("config and data OK")
 
 
-def read_inputs(text: list[str] | None, path: Path | None) -> list:
+def read_inputs(text: list[str] | None, path: Path | None) -> tuple[list, list]:
+    """The inputs (texts, or the records of an input file with their file:line) and the file's
+    unreadable lines (reported together with the inputs' own problems)."""
     if text:
-        return list(text)
+        return list(text), []
     if path is None:
         raise PolytaskError("give --text or --input")
     from polytask.data.records import read_records
-    from polytask.errors import DataError
 
-    records, problems = read_records(path)
-    if problems:
-        raise DataError(problems)
-    return [r.fields for r in records]
+    return read_records(path)
 
 
 def format_summary(summary: dict) -> str:

@@ -77,8 +77,9 @@ class Predictor:
         Args:
             task: one of :attr:`tasks`.
             inputs: a list of inputs, each a string (the task's first text field; for tagging,
-                whitespace-separated words), a list of words (tagging), or a dict of fields (the
-                task's field names or its data's column names). A bare string is rejected.
+                whitespace-separated words), a list of words (tagging), a dict of fields (the
+                task's field names or its data's column names), or a :class:`Record` read from a
+                file (problems then name its file and line). A bare string is rejected.
             batch_size: inputs per forward pass.
             max_new_tokens: generation tasks only: decode at most this many tokens (default: the
                 task's configured ``max_new_tokens``; larger values are allowed).
@@ -135,8 +136,10 @@ class Predictor:
         for name in names:
             t = self.tasks[name]
             for i, item in enumerate(inputs):
-                fields = task_fields(t, item)
-                ex, bad = t.parse(Record(fields, "<input>", i + 1), with_target=False)
+                # a Record (from an input file) keeps its file:line for error messages
+                file, line = (item.file, item.line) if isinstance(item, Record) else ("<input>", i + 1)
+                fields = task_fields(t, item.fields if isinstance(item, Record) else item)
+                ex, bad = t.parse(Record(fields, file, line), with_target=False)
                 missing = sorted({b.field for b in bad if b.field not in fields})
                 if bad and not strict and missing and len(missing) == len({b.field for b in bad}):
                     parsed.skipped.setdefault(name, {})[i] = f"missing field(s): {', '.join(missing)}"
