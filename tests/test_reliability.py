@@ -223,3 +223,18 @@ def test_nonfinite_report_names_the_offending_examples(tiny_backbone, tmp_path):
     cfg["tasks"] = [{"name": "p", "type": "nan_task:PoisonTask", "data": {"train": str(data)}}]
     with pytest.raises(NonFiniteError, match=f"non-finite for: {data}:22, {data}:23"):
         train(from_dict(cfg), progress=False)
+
+
+def test_two_quick_ctrl_c_stop_with_a_message(tiny_backbone, tmp_path):
+    """Two SIGINTs 20 ms apart: the run stops at once and says what that means."""
+    config = write_config(tmp_path, tiny_backbone, "twice", **{**RUN, "max_steps": 100000, "eval_every": 10**5,
+                                                                "checkpoint_every": 10})
+    run_dir = tmp_path / "runs" / "twice"
+    proc = start([config])
+    wait_for(run_dir / "checkpoints" / "step-0000010", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "second Ctrl-C: stopping now" in err and "--resume" in err
