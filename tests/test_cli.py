@@ -107,3 +107,8 @@ def test_predict_input_file_reports_every_problem_with_file_and_line(run_dir, tm
     proc = cli("predict", run_dir, "--task", "topic", "--input", bad, check=False)
     assert proc.returncode == 2 and "2 data problems" in proc.stderr
     assert f"{bad}:2: invalid JSON" in proc.stderr and f"{bad}:3: field 'text': empty text" in proc.stderr
+
+
+def test_check_fails_on_a_backbone_it_cannot_load(config_file, tmp_path):
+    proc = cli("check", config_file, f"model.backbone={tmp_path}", check=False)  # a folder with no model
+    assert proc.returncode == 2 and "model.backbone: cannot load" in proc.stderr and "local folder" in proc.stderr

@@ -253,3 +253,18 @@ def test_unwritable_output_is_one_error_line(tiny_backbone, tmp_path, where):
     proc = cli("train", path, f"output_dir={output}", "--no-progress")
     assert proc.returncode == 2, proc.stderr
     assert "error: cannot read or write" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_failed_start_leaves_no_run_folder_and_files_are_readable_by_others(tiny_backbone, tmp_path):
+    raw = config(tiny_backbone, tmp_path, name="nope")
+    raw["model"]["backbone"] = str(tmp_path / "missing-model")
+    with pytest.raises(ConfigError, match="path not found"):
+        train(from_dict(raw), progress=False)
+    assert not (tmp_path / "runs" / "nope").exists()
+    run = train(from_dict(config(tiny_backbone, tmp_path, name="shared")), progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.yaml", "model.safetensors", "model.json", "summary.json", "metrics.jsonl"):
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    checkpoint = next((run / "checkpoints").iterdir())
+    assert checkpoint.stat().st_mode & 0o777 == 0o777 & ~umask

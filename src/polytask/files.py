@@ -16,12 +16,39 @@ from typing import Any
 import yaml
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _current_umask()
+FILE_MODE = 0o666 & ~UMASK  # what open() would give: temporary files are owner-only (0600) otherwise
+DIR_MODE = 0o777 & ~UMASK
+
+
+def temp_file(directory: Path, name: str) -> str:
+    """A new temporary file for ``name`` in ``directory`` (hidden, ``.tmp``), with the user's
+    normal permissions (teammates can read the run folder, as with any file they create)."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
+    os.close(fd)
+    return tmp
+
+
+def temp_dir(directory: Path, prefix: str) -> Path:
+    """A new temporary folder in ``directory`` with the user's normal permissions."""
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=prefix))
+    tmp.chmod(DIR_MODE)
+    return tmp
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_file(path.parent, path.name)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

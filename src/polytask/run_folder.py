@@ -26,7 +26,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,7 +37,7 @@ from torch import nn
 from polytask._version import __version__
 from polytask.config import Config, apply_override, from_dict, to_dict
 from polytask.errors import CheckpointError, PolytaskError
-from polytask.files import atomic_write, read_json, sha256, write_json, write_yaml
+from polytask.files import FILE_MODE, atomic_write, read_json, sha256, temp_dir, temp_file, write_json, write_yaml
 from polytask.state_io import load_state, save_state
 
 FORMAT_VERSION = 1
@@ -132,8 +131,11 @@ class RunFolder:
         """Hold the folder for one writer: a second run (or resume) into it fails at once.
 
         An advisory ``flock`` on ``.lock``: released by the kernel however the process ends, so
-        a lock left by a killed run is never stale; the file records the holder's pid.
+        a lock left by a killed run is never stale; the file records the holder's pid. A folder
+        this call created is removed again if nothing was written into it (a failed start leaves
+        no empty run folder behind).
         """
+        created = not self.path.exists()
         self.create()
         fh = open(self.path / self.LOCK, "a+")
         try:
@@ -152,6 +154,10 @@ class RunFolder:
             yield
         finally:
             fh.close()
+            if created and not self.holds_a_run():
+                (self.path / self.LOCK).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Temporary files and folders that a killed writer left (``.NAME.*.tmp``, ``.tmp-*``)."""
@@ -336,10 +342,10 @@ def save_weights(model: nn.Module, path: Path, meta: dict | None = None) -> None
     between the two steps leaves intact old weights that the JSON still vouches for.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_file(path.parent, path.name)
     try:
         save_model(model, tmp)
+        os.chmod(tmp, FILE_MODE)  # safetensors writes the file anew, owner-only
         entry = {"sha256": sha256(Path(tmp)), "format": FORMAT_VERSION, **(meta or {})}
         current = _current_entry(path)
         write_json(path.with_suffix(".json"), {**entry, "previous": current} if current else entry)
@@ -402,7 +408,7 @@ def save_checkpoint(run_dir: Path, step: int, write_files, keep: int, run_id: st
     root = Path(run_dir) / RunFolder.CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    tmp = temp_dir(root, ".tmp-")
     try:
         write_files(tmp)
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

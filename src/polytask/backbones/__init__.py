@@ -41,8 +41,9 @@ def backbone_from_config(model_cfg, config_dir: str | Path):
 
 
 def pretrained_config(model_cfg):
-    """The pretrained backbone's Hugging Face config (no weights loaded): for ``polytask check``."""
-    from transformers import AutoConfig
+    """The pretrained backbone's Hugging Face config, after loading its tokenizer too (no
+    weights): ``polytask check`` fails here, before any training, on a backbone it cannot reach."""
+    from transformers import AutoConfig, AutoTokenizer
 
     from polytask.errors import ConfigError
 
@@ -56,9 +57,12 @@ def pretrained_config(model_cfg):
 
         path, kwargs = resolve_backbone(model_cfg.backbone), {}
     try:
-        return AutoConfig.from_pretrained(path, **kwargs)
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"model.backbone: cannot load '{model_cfg.backbone}' ({path}): {exc}") from None
+        raise ConfigError(f"model.backbone: cannot load '{model_cfg.backbone}' ({path}): {exc}; without internet, "
+                          f"use a local folder, or set HF_HUB_OFFLINE=1 to read the hub cache only") from None
+    return config
 
 
 def check_max_length(max_length: int, config) -> None:
