@@ -121,7 +121,10 @@ class TrainConfig:
     on_nonfinite: Literal["skip", "stop"] = "skip"  # a NaN/inf loss or gradient: skip the batch, or stop
     max_skips: int = 10  # stop when more than this many batches are skipped ...
     skip_window: int = 100  # ... within this many steps
-    num_threads: int | None = None  # torch CPU threads (default: torch's choice)
+    num_threads: int | None = None  # torch CPU threads (default: torch's choice; printed at start)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: what Accelerate picks (CUDA, MPS, else CPU)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate; fp16 adds a gradient scaler
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, mlflow, wandb (docs/tracking.md)
 
 
 @dataclass
@@ -373,6 +376,10 @@ def validate(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: tasks[{i}].name: duplicate task name '{task.name}'")
         seen.add(task.name)
     _check_ranges(cfg, source)
+    for i, name in enumerate(cfg.train.report_to):  # the trackers of polytask.tracking.TRACKERS
+        if name not in ("tensorboard", "mlflow", "wandb"):
+            raise ConfigError(f"{source}: train.report_to[{i}]: unknown tracker {name!r} "
+                              "(one of: tensorboard, mlflow, wandb)")
     peft = cfg.architecture.args.get("peft") if cfg.architecture.name == "causal_lm" else None
     if cfg.train.grad_space == "adapters" and peft != "shared_lora":
         raise ConfigError(f"{source}: train.grad_space: 'adapters' needs an adapter shared by all tasks "

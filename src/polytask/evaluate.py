@@ -7,6 +7,7 @@ import math
 import torch
 
 from polytask.batching import eval_batches
+from polytask.devices import module_device, to_device
 from polytask.dataset import TaskData
 from polytask.model import MultiTaskModel
 from polytask.tasks import Task
@@ -17,9 +18,10 @@ def predict_features(model: MultiTaskModel, task: Task, feats: list[dict], pad_i
                      batch_size: int) -> list:
     """Predictions for encoded examples, in their original order."""
     model.eval()
+    device = module_device(model)
     preds: list = [None] * len(feats)
     for idx in eval_batches([len(f["input_ids"]) for f in feats], batch_size):
-        batch = task.collate([feats[i] for i in idx], pad_id)
+        batch = to_device(task.collate([feats[i] for i in idx], pad_id), device)
         for i, p in zip(idx, task.predict_batch(model, batch)):
             preds[i] = p
     return preds

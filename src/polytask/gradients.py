@@ -33,7 +33,7 @@ def task_gram(losses: list[Tensor], space: str, feats: list[Features],
     for loss, f in zip(losses, feats):
         if space == "representation":
             (g,) = torch.autograd.grad(loss, f.shared, retain_graph=True, allow_unused=True)
-            g = torch.zeros(f.shared.shape[-1]) if g is None else g.reshape(-1, g.shape[-1]).sum(0)
+            g = torch.zeros(f.shared.shape[-1], device=f.shared.device) if g is None else g.reshape(-1, g.shape[-1]).sum(0)
         else:
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             g = torch.cat([(torch.zeros_like(p) if gp is None else gp).reshape(-1) for p, gp in zip(params, grads)])

@@ -18,6 +18,7 @@ from polytask.batching import eval_batches
 from polytask.data.records import Record
 from polytask.errors import CheckpointError, DataError, DataProblem, PolytaskError
 from polytask.dataset import encode_all, prepare
+from polytask.devices import module_device, to_device
 from polytask.evaluate import evaluate, macro_score
 from polytask.model import MultiTaskModel, rebuild_model
 from polytask.registry import registered_only
@@ -271,14 +272,14 @@ def one_pass(model: MultiTaskModel, tasks: dict[str, Task], feats: dict[str, lis
             users.setdefault(r, []).append((name, pos))
     out = {name: ([None] * len(fs), [None] * len(fs)) for name, fs in feats.items()}
     for idx in eval_batches([len(r["input_ids"]) for r in rows], batch_size):
-        encoded = model.arch.encode(pad_rows([rows[r] for r in idx], pad))
+        encoded = model.arch.encode(to_device(pad_rows([rows[r] for r in idx], pad), module_device(model)))
         per_task: dict[str, list[tuple[int, int]]] = {}
         for b, r in enumerate(idx):
             for name, pos in users[r]:
                 per_task.setdefault(name, []).append((b, pos))
         for name, pairs in per_task.items():
             t = tasks[name]
-            batch = t.collate([feats[name][pos] for _, pos in pairs], pad)
+            batch = to_device(t.collate([feats[name][pos] for _, pos in pairs], pad), module_device(model))
             hidden = encoded[[b for b, _ in pairs], : batch["input_ids"].shape[1]]
             f = model.arch.task_features(hidden, batch, name)
             logits = model.heads[name](f.hidden, f.mask)
@@ -294,7 +295,7 @@ def task_pass(model: MultiTaskModel, t: Task, feats: list[dict], pad: int, batch
     preds: list = [None] * len(feats)
     probs: list = [None] * len(feats)
     for idx in eval_batches([len(f["input_ids"]) for f in feats], batch_size):
-        batch = t.collate([feats[i] for i in idx], pad)
+        batch = to_device(t.collate([feats[i] for i in idx], pad), module_device(model))
         if type(t).predict_batch is Task.predict_batch:
             logits, _ = model(batch, t.name)
             got, q = t.decode(logits, batch), probabilities(t, logits, scores)

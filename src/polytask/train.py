@@ -35,6 +35,7 @@ from transformers import get_scheduler
 from polytask.backbones import check_max_length, load_backbone, pad_id
 from polytask.config import Config, differences, load_config, to_dict
 from polytask.dataset import TaskData, data_warnings, encode_all, prepare
+from polytask.devices import make_accelerator, to_device
 from polytask.draws import StepDraws
 from polytask.errors import ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
@@ -87,12 +88,20 @@ class Session:
     scheduler: object
     grad_params: list | None
     pad_id: int
+    accelerator: object  # accelerate.Accelerator: device, autocast, backward, gradient scaler
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
 
     @property
     def stateful(self) -> dict:
         """What a checkpoint saves besides the model (each has state_dict/load_state_dict)."""
-        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "weighting": self.weighting,
-                "draws": self.draws}
+        out = {"optimizer": self.optimizer, "scheduler": self.scheduler, "weighting": self.weighting,
+               "draws": self.draws}
+        if self.accelerator.scaler is not None:  # fp16: the loss scale is part of the trajectory
+            out["scaler"] = self.accelerator.scaler
+        return out
 
 
 @dataclass
@@ -207,7 +216,7 @@ def claim(run: RunFolder, overwrite: bool) -> None:
 RESUME_CHANGEABLE = frozenset({
     "name", "output_dir", "data_dir", "train.max_steps", "train.eval_every", "train.early_stopping",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_threads",
-    "train.cosine_every", "train.eval_batch_size",
+    "train.cosine_every", "train.eval_batch_size", "train.device",
 })
 
 
@@ -245,9 +254,11 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     encode_all(data, tokenizer, cfg.model.max_length)
     tasks = {name: td.task for name, td in data.items()}
     seed_everything(cfg.seed)  # heads are initialised the same whatever loading consumed
-    model = build_model(cfg, backbone, tasks)
+    accelerator = make_accelerator(t.device, t.mixed_precision)
+    model = build_model(cfg, backbone, tasks).to(accelerator.device)
     lengths = {n: [len(f["input_ids"]) for f in data[n].features["train"]] for n in tasks}
     weighting, sampler = build_components(cfg, list(tasks), [len(v) for v in lengths.values()])
+    weighting.to(accelerator.device)
     draws = StepDraws(sampler, lengths, t.batch_size, cfg.seed, t.max_steps, weighting.needs_all_tasks,
                       grouped=t.length_grouping)
     optimizer = make_optimizer(cfg, model, weighting)
@@ -255,10 +266,12 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
         "constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
         num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
     )
+    print(f"training on {accelerator.device} (mixed precision: {t.mixed_precision}, torch threads: "
+          f"{torch.get_num_threads()})", file=sys.stderr)
     if not resuming:
         save_run_files(cfg, run, tasks, tokenizer, backbone)
-    return Session(cfg, run, data, tasks, model, weighting, draws, optimizer, scheduler,
-                   balance_params(model, t.grad_space, t.grad_layers), pad_id(tokenizer))
+    return Session(cfg, run, data, tasks, model, weighting, draws, accelerator.prepare_optimizer(optimizer),
+                   scheduler, balance_params(model, t.grad_space, t.grad_layers), pad_id(tokenizer), accelerator)
 
 
 def start(s: Session) -> LoopState:
@@ -266,7 +279,8 @@ def start(s: Session) -> LoopState:
     sizes = {n: len(s.data[n].features["train"]) for n in s.tasks}
     skipped = {n: {split: len(v) for split, v in s.data[n].skipped.items()} for n in s.tasks if s.data[n].skipped}
     s.run.append_event({"kind": "start", "step": 0, "params": s.model.describe(), "train_sizes": sizes,
-                        **({"skipped_rows": skipped} if skipped else {})})
+                        "device": str(s.device), "mixed_precision": s.cfg.train.mixed_precision,
+                        "torch_threads": torch.get_num_threads(), **({"skipped_rows": skipped} if skipped else {})})
     return LoopState()
 
 
@@ -334,9 +348,10 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
     for _ in range(t.grad_accum):
         indices = s.draws.next(step)
         out.names = list(indices)
-        batches = {n: train_batch(s.data[n], idx, s.pad_id) for n, idx in indices.items()}
+        batches = {n: train_batch(s.data[n], idx, s.pad_id, s.device) for n, idx in indices.items()}
         want_gram = len(out.names) > 1 and (step + 1) % t.log_every == 0
-        result = forward_backward(s.model, s.tasks, batches, s.weighting, t, s.grad_params, want_gram, t.grad_accum)
+        result = forward_backward(s.model, s.tasks, batches, s.weighting, t, s.grad_params, want_gram, t.grad_accum,
+                                  s.accelerator)
         if result.bad_task is not None:
             out.fault = ("loss", result.bad_task, indices[result.bad_task])
             break
@@ -346,15 +361,17 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
         for name, loss, w in zip(out.names, result.losses, result.weights):
             state.update_loss(name, loss)
             out.weights[name] = w
-    norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip or math.inf)
-    if out.fault is None and not torch.isfinite(norm):
+    norm = s.accelerator.clip_grad_norm_(s.model.parameters(), t.grad_clip or math.inf)  # unscaled first (fp16)
+    scaled = s.accelerator.scaler is not None  # fp16: an overflow is the scaler's to skip, not a fault
+    if out.fault is None and not torch.isfinite(norm) and not scaled:
         first = out.names[0]
         out.fault = ("gradient", first if len(out.names) == 1 else ",".join(out.names), indices[first])
     if len(out.names) == 1 and t.grad_accum == 1:
         out.grad_norms.setdefault(out.names[0], float(norm))
     if out.fault is None:
         s.optimizer.step()
-        s.scheduler.step()
+        if not s.accelerator.optimizer_step_was_skipped:
+            s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     return out
 
@@ -370,7 +387,7 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
     cosine_every = t.eval_every if t.cosine_every is None else t.cosine_every
     if cos is None and len(s.tasks) > 1 and probe_due(state.step, t.log_every, cosine_every):
         cos_names = list(s.tasks)
-        batches = {n: train_batch(s.data[n], s.draws.probe(n), s.pad_id) for n in cos_names}
+        batches = {n: train_batch(s.data[n], s.draws.probe(n), s.pad_id, s.device) for n in cos_names}
         gram = probe_gram(s.model, s.tasks, batches, t, s.grad_params)
         cos = cosines(gram)
         event["probe_grad_norm"] = dict(zip(cos_names, gram.diagonal().clamp(min=0).sqrt().tolist()))
@@ -416,15 +433,18 @@ class StepResult:
 
 
 def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], weighting, t,
-                     grad_params, want_gram: bool = False, accum: int = 1) -> StepResult:
+                     grad_params, want_gram: bool = False, accum: int = 1, accelerator=None) -> StepResult:
     """One micro-step: forward each task's batch, combine the losses, back-propagate.
 
     The weighting method decides the coefficients (from the Gram matrix of the task gradients
     if it needs them); the architecture's regulariser is added; gradients accumulate in
-    ``.grad`` scaled by ``1/accum``.
+    ``.grad`` scaled by ``1/accum``. With an ``accelerator``, the forward passes run under its
+    autocast (mixed precision) and backward goes through it (fp16 loss scaling); the
+    weighting sees float32 losses and a float32 Gram matrix.
     """
     names = list(batches)
-    losses, feats = task_losses(model, tasks, batches)
+    with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
+        losses, feats = task_losses(model, tasks, batches)
     for name, loss in zip(names, losses):
         if not torch.isfinite(loss):
             return StepResult([], [], bad_task=name)
@@ -435,13 +455,17 @@ def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict
     reg = model.arch.regularizer()
     if reg is not None:
         total = total + reg
-    (total / accum).backward()
+    if accelerator is not None:
+        accelerator.backward(total / accum)
+    else:
+        (total / accum).backward()
     return StepResult([float(x.detach()) for x in losses], weights.tolist(), gram)
 
 
-def train_batch(task_data, indices: list[int], pad_id: int) -> dict:
-    """The padded tensors of these training examples of one task."""
-    return task_data.task.collate([task_data.features["train"][i] for i in indices], pad_id)
+def train_batch(task_data, indices: list[int], pad_id: int, device: torch.device | None = None) -> dict:
+    """The padded tensors of these training examples of one task (on ``device``)."""
+    batch = task_data.task.collate([task_data.features["train"][i] for i in indices], pad_id)
+    return batch if device is None else to_device(batch, device)
 
 
 def task_losses(model: MultiTaskModel, tasks: dict, batches: dict[str, dict]) -> tuple[list, list]:
@@ -504,7 +528,7 @@ def nonfinite_examples(s: Session, task: str, indices: list[int]) -> list[str]:
     try:
         found = []
         for i in sorted(indices):  # in file order
-            batch = train_batch(s.data[task], [i], s.pad_id)
+            batch = train_batch(s.data[task], [i], s.pad_id, s.device)
             out, _ = s.model(batch, task)
             if not torch.isfinite(s.tasks[task].loss(out, batch)):
                 found.append(s.data[task].examples["train"][i].source)
