@@ -65,3 +65,18 @@ def test_throughput_benchmark_runs(tmp_path):
     assert result["plain"]["examples"] == result["polytask"]["examples"] == 4 * 8  # the same batches
     assert result["ratio"] > 0 and 0 <= result["overhead_share"] < 100
     assert "ratio (b)/(a)" in proc.stdout and "polytask overhead" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data")
+def test_gpu_check_runs_on_the_cpu(tmp_path):
+    """The GPU check's code path, on the CPU with 3 steps of the MiniLM suite (no GPU is needed
+    to keep the script working; its GPU figures are recorded when a GPU is lent)."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu",
+                           "--precision", "no", "--steps", "3", "--runs", "glue-minilm", "--data-dir", str(DATA),
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["steps"] == 3 and result["samples_per_s"] > 0
+    assert "glue-minilm" in proc.stdout and "samples/s" in proc.stdout

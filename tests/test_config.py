@@ -133,3 +133,10 @@ def test_binary_f1_on_a_four_class_task_is_an_error():
     examples = [task.parse(Record({"text": "x", "label": lab}, "f", i))[0] for i, lab in enumerate("abcd")]
     with pytest.raises(ConfigError, match="'f1' is the binary F1 .* 4 labels"):
         task.fit(examples)
+
+
+def test_a_bare_no_in_yaml_means_the_choice_no():
+    data = raw()
+    apply_override(data, "train.mixed_precision=no")
+    assert data["train"]["mixed_precision"] is False  # what YAML says
+    assert from_dict(data).train.mixed_precision == "no"

@@ -306,6 +306,8 @@ def _build(tp: Any, value: Any, path: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {_show(value)} fits none of {tp}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
         if value not in choices:
             raise ConfigError(f"{where}: {_show(value)} is not one of {list(choices)}")
         return value
