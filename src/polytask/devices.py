@@ -31,6 +31,9 @@ def make_accelerator(device: str, mixed_precision: str):
         accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"train.mixed_precision: {mixed_precision} is not available here: {exc}") from None
+    if accelerator.num_processes > 1:  # every process would train a full copy into the same folder
+        raise ConfigError(f"{accelerator.num_processes} processes (torchrun / accelerate launch): multi-process "
+                          f"training is not supported yet; run one process (docs/distributed.md)")
     if device not in ("auto", "cpu") and accelerator.device.type != device:
         raise ConfigError(f"train.device: {device} asked for, but Accelerate found only {accelerator.device.type} "
                           f"(use train.device=auto or cpu)")
