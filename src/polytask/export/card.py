@@ -1,0 +1,80 @@
+"""The model card (``README.md``) of an exported run: tasks, per-task dev/test metrics, the
+training config, and Delta-m against single-task models when the run came from ``compare``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from polytask.config import to_dict
+
+PIPELINES = {"classification": "text-classification", "regression": "text-classification",
+             "tagging": "token-classification"}
+
+
+def model_card(pred, manifest: dict) -> str:
+    """Markdown with a Hugging Face metadata header, for the export folder of ``pred``'s run."""
+    cfg = pred.cfg
+    summary = _summary(pred)
+    lines = ["---", "library_name: transformers", "tags:", "- polytask", "- multi-task", "---", "",
+             f"# {cfg.name}", "",
+             f"A multi-task model trained with [polytask](https://pypi.org/project/polytask/) "
+             f"(architecture `{cfg.architecture.name}`, weighting `{cfg.weighting.name}`) on top of "
+             f"`{cfg.model.backbone}`. Best step {summary.get('best_step', '?')} of {summary.get('steps', '?')}.",
+             "", "## Tasks", "",
+             "| task | type | labels | main metric | dev | test | folder |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, task in pred.tasks.items():
+        labels = ", ".join(getattr(task, "labels", []) or []) or "-"
+        metric = task.main_metric
+        dev, test = (_metric(summary, split, name, metric) for split in ("dev", "test"))
+        folder = manifest["tasks"].get(name)
+        where = f"`{folder}` ({PIPELINES[task.type_name]})" if folder else "not exported: " + manifest[
+            "not_exported"].get(name, "")
+        lines.append(f"| {name} | {task.type_name} | {labels} | {metric} | {dev} | {test} | {where} |")
+    lines += ["", *_delta_m_lines(pred.run_dir, cfg.name), *_usage(manifest),
+              "## Training config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _summary(pred) -> dict:
+    try:
+        return pred.run.read_summary()
+    except Exception:  # a run stopped before its test evaluation: the card says "?"
+        return {}
+
+
+def _metric(summary: dict, split: str, task: str, metric: str) -> str:
+    value = summary.get(split, {}).get(task, {}).get(metric)
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _delta_m_lines(run_dir: Path, name: str) -> list[str]:
+    """Delta-m of this run's method from the compare folder above it (``<root>/mtl/<method>/seed<S>``)."""
+    run_dir = Path(run_dir).resolve()
+    if len(run_dir.parents) < 3 or run_dir.parents[1].name != "mtl":
+        return []
+    results = run_dir.parents[2] / "results.json"
+    try:
+        delta = json.loads(results.read_text())["delta_m"][run_dir.parent.name]
+    except (OSError, ValueError, KeyError):
+        return []
+    lines = ["## Delta-m against single-task models (from `polytask compare`)", ""]
+    for split, d in delta.items():
+        lines.append(f"- {split}: {d['mean']:+.2f}% (std {d['std']:.2f} over {d['n']} seed(s))")
+    return lines + [""]
+
+
+def _usage(manifest: dict) -> list[str]:
+    lines = ["## Use", "", "```python", "from transformers import AutoModel, pipeline", "",
+             'encoder = AutoModel.from_pretrained("encoder")']
+    for name, folder in manifest["tasks"].items():
+        extra = ', function_to_apply="none"' if folder in manifest.get("regression", []) else ""
+        lines.append(f'{name} = pipeline(model="{folder}"{extra})')
+    lines += ["```", "", "Sequence classifiers: the pooler (`dense + tanh`) is set to "
+              f"`{manifest['pooler_scale']:g} * I` and the classifier scaled back, so the logits equal polytask's "
+              "(see polytask's docs/export.md); fine-tuning them further starts from that tiny pooler.", ""]
+    return lines
