@@ -112,3 +112,17 @@ def test_predict_input_file_reports_every_problem_with_file_and_line(run_dir, tm
 def test_check_fails_on_a_backbone_it_cannot_load(config_file, tmp_path):
     proc = cli("check", config_file, f"model.backbone={tmp_path}", check=False)  # a folder with no model
     assert proc.returncode == 2 and "model.backbone: cannot load" in proc.stderr and "local folder" in proc.stderr
+
+
+def test_check_prints_label_order_counts_and_the_positive_class(tmp_path, tiny_backbone):
+    rows = [{"text": f"t{i}", "label": "yes" if i % 3 else "no"} for i in range(30)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = tiny_config(tiny_backbone, tmp_path)
+    raw["tasks"] = [{"name": "b", "type": "classification", "data": {"train": str(data)}, "positive_label": "no"}]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = cli("check", path).stdout
+    assert "b (classification): train=30, 2 labels in this order: no (10), yes (20); binary f1 is of 'no'" in out
+    proc = cli("check", path, "tasks.b.positive_label=maybe", check=False)
+    assert proc.returncode == 2 and "tasks[b].positive_label: 'maybe' must be one of the two labels" in proc.stderr

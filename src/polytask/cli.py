@@ -197,15 +197,13 @@ def check(
         build_components(cfg, list(data), [len(td.examples["train"]) for td in data.values()])
     except USER_ERRORS as exc:
         _fail(exc)
-    from polytask.dataset import data_warnings
+    from polytask.dataset import data_warnings, label_summary
 
     for line in data_warnings(data):
         typer.echo(f"warning: {line}")
     for name, td in data.items():
         counts = ", ".join(f"{s}={len(v)}" for s, v in td.examples.items())
-        vocab = td.task.vocab_state()
-        extra = f", {len(vocab['labels'])} labels" if "labels" in vocab else ""
-        typer.echo(f"{name} ({td.task.type_name}): {counts}{extra}, main metric {td.task.main_metric}")
+        typer.echo(f"{name} ({td.task.type_name}): {counts}{label_summary(td)}; main metric {td.task.main_metric}")
     typer.echo("config and data OK")
 
 

@@ -58,6 +58,7 @@ class TaskConfig:
     labels: list[str] | None = None  # fix the label set/order (default: from training data)
     pooling: Literal["cls", "mean"] = "cls"
     main_metric: str | None = None  # default per type: accuracy, micro_f1, pearson, f1
+    positive_label: str | None = None  # binary classification: the class whose F1 is "f1" (default: the second label)
     head_dropout: float = 0.1
     label_separator: str = ","  # multilabel: labels in one string are split on this
     # generation (text-to-text, model.kind: causal_lm; docs/llm.md):

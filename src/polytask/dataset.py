@@ -159,6 +159,24 @@ def data_warnings(data: dict[str, TaskData], show: int = 3) -> list[str]:
     return out
 
 
+def label_summary(td: TaskData) -> str:
+    """What ``check`` prints about a task's labels: their order (the head's output order) with
+    training counts, and the positive class of binary F1; empty for tasks without labels."""
+    labels = td.task.vocab_state().get("labels")
+    if not labels:
+        return ""
+    counts: dict[str, int] = {}
+    for ex in td.examples.get("train", []):
+        ref = td.task.reference(ex)
+        for label in ref if isinstance(ref, list) else [ref]:
+            counts[label] = counts.get(label, 0) + 1
+    shown = ", ".join(f"{label} ({counts.get(label, 0)})" for label in labels[:12])
+    more = f", ... {len(labels) - 12} more" if len(labels) > 12 else ""
+    positive = getattr(td.task, "positive_label", None)
+    binary = f"; binary f1 is of {positive!r}" if positive is not None else ""
+    return f", {len(labels)} labels in this order: {shown}{more}{binary}"
+
+
 def _location(source: str) -> tuple[str, int]:
     file, _, line = source.rpartition(":")
     return file, int(line) if line.isdigit() else -1

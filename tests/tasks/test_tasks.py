@@ -169,3 +169,13 @@ def test_huge_texts_encode_like_the_tokenizer_does_without_tokenizing_it_all(tok
     task.fit([single])
     assert task.encode([single], tok, 64)[0]["input_ids"] == tok(text, truncation=True, max_length=64)["input_ids"]
     assert task.encode([both], tok, 64)[0]["input_ids"] == tok(text, pair, truncation=True, max_length=64)["input_ids"]
+
+
+def test_binary_f1_is_of_the_positive_label():
+    default, chosen = make("classification"), make("classification", positive_label="a")
+    exs = [Record({"text": "x", "label": lab}, "f", i) for i, lab in enumerate("aab")]
+    for task in (default, chosen):
+        task.fit([task.parse(r)[0] for r in exs])
+    refs, preds = ["a", "a", "b", "b"], ["a", "b", "b", "b"]
+    assert default.positive_label == "b" and default.metrics(preds, refs)["f1"] == pytest.approx(0.8)
+    assert chosen.positive_label == "a" and chosen.metrics(preds, refs)["f1"] == pytest.approx(2 / 3)

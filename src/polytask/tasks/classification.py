@@ -34,6 +34,17 @@ class ClassificationTask(Task):
         if self.main_metric == "f1" and len(self.labels) != 2:
             raise ConfigError(f"tasks[{self.name}].main_metric: 'f1' is the binary F1 of the second label, but "
                               f"this task has {len(self.labels)} labels; use macro_f1, accuracy or matthews")
+        positive = self.cfg.positive_label
+        if positive is not None and (len(self.labels) != 2 or positive not in self.labels):
+            raise ConfigError(f"tasks[{self.name}].positive_label: {positive!r} must be one of the two labels of a "
+                              f"binary task (labels: {self.labels})")
+
+    @property
+    def positive_label(self) -> str | None:
+        """The class whose F1 is reported as ``f1`` (binary tasks): ``positive_label`` or the second label."""
+        if len(self.labels) != 2:
+            return None
+        return self.cfg.positive_label or self.labels[1]
 
     def check_eval(self, example: Example) -> str | None:
         if example.fields["label"] not in self.labels:
@@ -68,5 +79,5 @@ class ClassificationTask(Task):
             "matthews": M.matthews(refs, preds),
         }
         if len(self.labels) == 2:
-            result["f1"] = M.f1_binary(refs, preds, positive=self.labels[1])
+            result["f1"] = M.f1_binary(refs, preds, positive=self.positive_label)
         return result
