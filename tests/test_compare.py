@@ -226,6 +226,23 @@ def test_compare_writes_report(compared):
     assert any("trained" in line for line in lines)
 
 
+def test_report_says_whether_each_model_converged(compared):
+    raw, root, _ = compared
+    results = json.loads((root / "results.json").read_text())
+    runs = {r["run"]: r for r in results["convergence"]}
+    assert set(runs) == {"single/sentiment/seed3", "single/topic/seed3", "ew/seed3", "uw/seed3"}
+    for r in runs.values():  # no early stopping configured: every model ran to its cap
+        summary = json.loads((root / _folder(r) / "summary.json").read_text())
+        assert r["steps"] == r["cap"] == summary["steps"] and r["stopped"] == "at the cap"
+        assert r["still_improving"] == (summary["best_step"] == summary["steps"])
+    report = (root / "report.md").read_text()
+    assert "## Did each model converge?" in report and "| steps / cap |" in report
+
+
+def _folder(r: dict) -> str:
+    return f"single/{r['task']}/seed{r['seed']}" if r["method"] == "single" else f"mtl/{r['method']}/seed{r['seed']}"
+
+
 def test_compare_resume_trains_nothing_again(compared):
     raw, root, _ = compared
     before = mtimes(root)

@@ -312,7 +312,26 @@ def _md_plots(plots: dict[str, str]) -> list[str]:
                 "`mtl/<method>/seed<S>/training.png`; all numbers: `results.json`.", ""]
 
 
+def _md_convergence(results: dict) -> list[str]:
+    runs = results.get("convergence") or []
+    if not runs:
+        return []
+    L = ["## Did each model converge?", "",
+         "Each sub-run stops early when its dev score has not improved for `train.early_stopping` "
+         "evaluations, else at its step cap. A model whose best dev score came at its last evaluation, at "
+         "the cap, was still improving: its numbers are a lower bound.", ""]
+    rows = [[r["run"], f"{r['steps']} / {r['cap']}", str(r["best_step"]), r["stopped"],
+             "**still improving**" if r["still_improving"] else ""] for r in runs]
+    L += _md_table(["sub-run", "steps / cap", "best step", "stopped", ""], rows)
+    flagged = [r["run"] for r in runs if r["still_improving"]]
+    if flagged:
+        L += [f"Still improving at the cap: {', '.join(flagged)}. Raise `train.max_steps` (or use "
+              "`compare.budget: steps`) before reading their comparison as final.", ""]
+    return L
+
+
 def render_markdown(results: dict, plots: dict[str, str]) -> str:
-    sections = (_md_header(results), _md_verdict(results), _md_results(results), _md_training_cost(results),
+    sections = (_md_header(results), _md_verdict(results), _md_results(results), _md_convergence(results),
+                _md_training_cost(results),
                 _md_serving_cost(results), _md_budget_rule(results), _md_budget_tables(results), _md_plots(plots))
     return "\n".join(line for section in sections for line in section)

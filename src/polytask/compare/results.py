@@ -119,12 +119,29 @@ def collect(plan: Plan, inference: dict[str, Any] | None = None,
         "train_sizes": plan.sizes, "notes": plan.notes, "base": _base_description(plan.cfg),
         "method_settings": _method_settings(plan),
         "table": table, "delta_m": delta, "efficiency": _efficiency(done), "budgets": _budgets(plan),
-        "inference": inference or {}, "curves": _curves(done),
+        "inference": inference or {}, "curves": _curves(done), "convergence": convergence(plan),
         "missing": [r.key for r in plan.runs if not r.finished],
         "resumed": [r.key for r in plan.runs if r.finished and _resumed(r)],
         "load_during_training": _load_range(done),
         "environment": environment(), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def convergence(plan: Plan) -> list[dict[str, Any]]:
+    """How each finished sub-run ended: stopped early (patience ran out) or at its step cap, and,
+    at the cap, whether its best dev score came at the very last evaluation (still improving:
+    its scores are a lower bound, and a comparison against it flatters the other side)."""
+    out = []
+    for r in plan.runs:
+        if not r.finished:
+            continue
+        summary = r.folder.read_summary()
+        steps, cap = int(summary.get("steps", 0)), int(r.budget["max_steps"])
+        at_cap = steps >= cap
+        out.append({"run": r.key, "method": r.method, "task": r.task, "seed": r.seed, "steps": steps, "cap": cap,
+                    "best_step": summary.get("best_step"), "stopped": "at the cap" if at_cap else "early",
+                    "still_improving": at_cap and summary.get("best_step") == steps})
+    return out
 
 
 def _tables(done: _Finished) -> tuple[dict[str, Any], dict[str, Any]]:
