@@ -208,6 +208,25 @@ def affine_minimiser(K: Tensor, S: list[int]) -> Tensor:
     return (torch.linalg.pinv(M) @ rhs)[:n]
 
 
+def cosine_frame(K: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The set-up of the projection methods that work on unit gradients (PCGrad, GradVac).
+
+    Returns ``(active, C, on, cos, n)``: the mask of non-zero gradients (T,), the identity (T, T)
+    as starting coefficients of ``g_i' / ||g_i||`` over the unit gradients, the indices of the
+    active tasks, their cosine matrix (T, T; zero rows and columns for inactive tasks) and the
+    gradient norms (T,; 1 for inactive tasks, so mapping back divides by nothing zero).
+    """
+    T = K.shape[0]
+    active = active_mask(K)  # (T,)
+    C = torch.eye(T, dtype=K.dtype, device=K.device)
+    on = active.nonzero()[:, 0]
+    cos = torch.zeros_like(K)
+    n = torch.ones(T, dtype=K.dtype, device=K.device)
+    if len(on):
+        cos[on[:, None], on[None, :]], n[on] = unit_gram(K[on][:, on])
+    return active, C, on, cos, n
+
+
 def psd_sqrt_factor(K: Tensor) -> Tensor:
     """R (T, T) with ``R^T R = K`` (K clipped to its PSD part), via eigendecomposition."""
     lam, V = torch.linalg.eigh(K)  # (T,), (T, T)

@@ -34,10 +34,9 @@ from torch import Tensor
 
 from polytask.weighting._utils import (
     SeededGenerator,
-    active_mask,
+    cosine_frame,
     check_all_tasks,
     check_gram,
-    unit_gram,
 )
 from polytask.weighting.base import Weighting
 
@@ -54,16 +53,9 @@ def gradvac_coefficients(
     gradients, and are mapped back at the end, so any ratio of norms float64 can hold is
     handled alike. Exactly-zero gradients are skipped (no cosine exists) and keep ``g_i' = 0``.
     """
-    T = K.shape[0]
-    active = active_mask(K)  # (T,)
-    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' / ||g_i|| over the u_t
-    on = active.nonzero()[:, 0]
+    active, C, on, cosm, n = cosine_frame(K)
     if len(on) == 0:
         return C
-    cosm = torch.zeros_like(K)
-    cosm[on[:, None], on[None, :]], n_on = unit_gram(K[on][:, on])
-    n = torch.ones(T, dtype=K.dtype, device=K.device)
-    n[on] = n_on
     for i in on.tolist():
         for j in orders[i]:
             if j == i or not active[j]:

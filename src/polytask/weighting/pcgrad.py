@@ -22,10 +22,9 @@ from torch import Tensor
 
 from polytask.weighting._utils import (
     SeededGenerator,
-    active_mask,
+    cosine_frame,
     check_all_tasks,
     check_gram,
-    unit_gram,
 )
 from polytask.weighting.base import Weighting
 
@@ -41,16 +40,9 @@ def pcgrad_coefficients(K: Tensor, orders: list[list[int]]) -> Tensor:
     as equal norms. Exactly-zero gradients are never projected onto (there is no normal plane)
     and their own row stays ``e_i`` (``g_i' = 0``).
     """
-    T = K.shape[0]
-    active = active_mask(K)  # (T,)
-    C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: g_i' / ||g_i|| over the u_t
-    on = active.nonzero()[:, 0]
+    active, C, on, cos, n = cosine_frame(K)
     if len(on) == 0:
         return C
-    cos = torch.zeros_like(K)
-    cos[on[:, None], on[None, :]], n_on = unit_gram(K[on][:, on])
-    n = torch.ones(T, dtype=K.dtype, device=K.device)
-    n[on] = n_on
     for i in on.tolist():
         for j in orders[i]:
             if j == i or not active[j]:
