@@ -267,15 +267,23 @@ def compare(
 def export(
     run_dir: Path = typer.Argument(..., help="A finished run folder"),
     out: Path = typer.Option(..., "--out", help="Output folder (created)"),
-    format: str = typer.Option("hf", "--format", help="hf: Hugging Face model folders (encoder + one per task)"),
+    format: str = typer.Option("hf", "--format", help="hf: Hugging Face model folders (encoder + one per task); "
+                                                      "onnx: encoder + all heads as one ONNX graph"),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hub repo"),
 ) -> None:
     """Write a run in a standard format (docs/export.md): the encoder and each task as Hugging Face
-    model folders that AutoModel and transformers.pipeline load, with a model card."""
-    from polytask.export import export_hf
+    model folders that AutoModel and transformers.pipeline load, with a model card; or (--format
+    onnx) the encoder with every head as one ONNX graph, its tokenizer and labels."""
+    from polytask.export import export_hf, export_onnx
 
-    if format != "hf":
-        _fail(PolytaskError(f"--format {format!r}: the formats are: hf"))
+    if format not in ("hf", "onnx"):
+        _fail(PolytaskError(f"--format {format!r}: the formats are: hf, onnx"))
+    if format == "onnx":
+        if push_to_hub:
+            _fail(PolytaskError("--push-to-hub works with --format hf only"))
+        path = _call(export_onnx, run_dir, out)
+        typer.echo(f"wrote {path / 'model.onnx'} (tokenizer and labels: {path / 'polytask_onnx.json'})")
+        return
     path = _call(export_hf, run_dir, out, push_to_hub)
     typer.echo(f"wrote {path} (model card: {path / 'README.md'})")
 

@@ -28,8 +28,9 @@ def predict_features(model: MultiTaskModel, task: Task, feats: list[dict], pad_i
 
 
 def evaluate(model: MultiTaskModel, data: dict[str, TaskData], split: str, pad_id: int,
-             batch_size: int) -> dict[str, dict[str, float]]:
-    """``{task: {metric: value}}`` on ``split`` for every task that has it."""
+             batch_size: int, predictions: dict | None = None) -> dict[str, dict[str, float]]:
+    """``{task: {metric: value}}`` on ``split`` for every task that has it; with a
+    ``predictions`` dict, also ``predictions[task] = {"predictions": [...], "references": [...]}``."""
     results = {}
     for name, td in data.items():
         feats = td.features.get(split)
@@ -38,6 +39,8 @@ def evaluate(model: MultiTaskModel, data: dict[str, TaskData], split: str, pad_i
         preds = predict_features(model, td.task, feats, pad_id, batch_size)
         refs = [td.task.reference(e) for e in td.examples[split]]
         results[name] = td.task.metrics(preds, refs)
+        if predictions is not None:
+            predictions[name] = {"predictions": preds, "references": refs}
     return results
 
 

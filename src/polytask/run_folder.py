@@ -10,7 +10,9 @@ Layout of ``RUN_DIR``::
     model.safetensors  the best weights (by the dev macro average), with model.json (hash, step)
     metrics.jsonl      one JSON object per log / evaluation event
     training.png       per-task loss and dev metric over steps
+    report.html        the run's report, one self-contained page (open it in a browser)
     summary.json       final dev (and test) metrics of the best weights
+    predictions/       dev.json, test.json: those weights' predictions and the references, per task
     resources.json     wall time and peak memory (written by ``polytask compare`` only)
     checkpoints/       step-NNNNNNN/ folders for ``--resume``, each with a manifest of hashes
 
@@ -54,13 +56,15 @@ class RunFolder:
     WEIGHTS = "model.safetensors"
     EVENTS = "metrics.jsonl"
     PLOT = "training.png"
+    REPORT = "report.html"
     SUMMARY = "summary.json"
     RESOURCES = "resources.json"
+    PREDICTIONS = "predictions"
     CHECKPOINTS = "checkpoints"
     LOCK = ".lock"
     # every file a run writes (what ``--overwrite`` removes)
-    RUN_FILES = (MARKER, CONFIG, VOCAB, TOKENIZER, BACKBONE, WEIGHTS, "model.json", EVENTS, PLOT, SUMMARY, RESOURCES,
-                 CHECKPOINTS)
+    RUN_FILES = (MARKER, CONFIG, VOCAB, TOKENIZER, BACKBONE, WEIGHTS, "model.json", EVENTS, PLOT, REPORT, SUMMARY,
+                 RESOURCES, PREDICTIONS, CHECKPOINTS)
     # what a finished run folder holds (what ``load`` needs)
     COMPLETE = (CONFIG, VOCAB, WEIGHTS, TOKENIZER, BACKBONE)
 
@@ -84,6 +88,10 @@ class RunFolder:
     @property
     def plot_path(self) -> Path:
         return self.path / self.PLOT
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / self.REPORT
 
     # -- format and completeness ---------------------------------------------------------------
     def create(self) -> None:
@@ -258,6 +266,14 @@ class RunFolder:
 
     def read_summary(self) -> dict:
         return read_checked_json(self.path / self.SUMMARY, "train the run again to write it")
+
+    def write_predictions(self, split: str, predictions: dict) -> None:
+        """``predictions/<split>.json``: per task, the best weights' predictions and the references."""
+        write_json(self.path / self.PREDICTIONS / f"{split}.json", predictions)
+
+    def read_predictions(self, split: str) -> dict | None:
+        path = self.path / self.PREDICTIONS / f"{split}.json"
+        return read_checked_json(path, "train the run again to write it") if path.exists() else None
 
     def write_resources(self, resources: dict) -> None:
         write_json(self.path / self.RESOURCES, resources)

@@ -42,6 +42,7 @@ from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines, task_gram
 from polytask.model import MultiTaskModel, build_model
 from polytask.registry import registered_only
+from polytask.html_report import write_run_report
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
 from polytask.sampling import build_sampler
@@ -331,17 +332,21 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
 
 
 def finish(s: Session, state: LoopState) -> None:
-    """The best weights' dev and test metrics in summary.json, and the training plot."""
+    """The best weights' dev and test metrics in summary.json (their predictions in predictions/),
+    and the training plot."""
     s.run.load_best(s.model)
     summary = {"best_step": state.best_step, "train_seconds": state.elapsed, "steps": state.step,
                "skipped_batches": len(state.skipped_steps), "params": s.model.describe()}
     for split in ("dev", "test"):
-        results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size)
+        predictions: dict = {}
+        results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions)
         if results:
             summary[split] = results
             summary[f"{split}_macro"] = macro_score(results, s.tasks)
+            s.run.write_predictions(split, predictions)  # per example: what compare's intervals resample
     s.run.write_summary(summary)
     plot_training(s.run.events(), s.run.plot_path)
+    write_run_report(s.run)  # report.html next to training.png
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ The parts:
 * :mod:`~polytask.compare.run` -- training the missing sub-runs (isolated, resumable), measured;
 * :mod:`~polytask.compare.accounting` -- examples and tokens seen (replayed), throughput;
 * :mod:`~polytask.compare.serving` -- the measured serving cost;
-* :mod:`~polytask.compare.results` -- every number of the report (``results.json``);
+* :mod:`~polytask.compare.results` -- every number of the report (``results.json``), with the
+  arithmetic in :mod:`~polytask.compare.stats` and the bootstrap intervals and verdict in
+  :mod:`~polytask.compare.uncertainty`;
 * :mod:`~polytask.compare.report` and :mod:`~polytask.compare.plots` -- ``report.md`` and plots.
 
 Checkpoints are selected on dev only; test is evaluated once, at the end. Rerunning the same
@@ -47,12 +49,14 @@ from polytask.compare.plan import (SINGLE, Plan, SubRun, check_finished, config_
 from polytask.compare.prepared import Prepared
 from polytask.compare.plots import write_report
 from polytask.compare.report import best_on_dev, format_table, render_markdown, verdicts
-from polytask.compare.results import collect, delta_m_defined, environment, mean_std, relative_changes
+from polytask.compare.results import collect, environment
+from polytask.compare.stats import delta_m_defined, mean_std, relative_changes
+from polytask.compare.uncertainty import bootstrap, percentile_interval, verdict
 from polytask.compare.run import run_compare, run_job, run_subrun, train_measured
 from polytask.compare.serving import measure_inference
 
 __all__ = [
-    "SINGLE", "Plan", "Prepared", "SubRun", "account", "best_on_dev", "check_finished", "collect",
+    "SINGLE", "Plan", "Prepared", "SubRun", "account", "best_on_dev", "bootstrap", "percentile_interval", "verdict", "check_finished", "collect",
     "config_differences", "delta_m_defined", "environment", "exposure", "format_table", "mean_std",
     "measure_inference", "n_evaluations", "plan_compare", "plan_json", "relative_changes", "render_markdown",
     "replay", "run_compare", "run_job", "run_subrun", "steps_done", "throughput", "train_lengths",

@@ -330,8 +330,28 @@ def _md_convergence(results: dict) -> list[str]:
     return L
 
 
+def _md_intervals(results: dict) -> list[str]:
+    intervals = {m: v for m, v in (results.get("intervals") or {}).items() if v}
+    if not intervals:
+        return []
+    any_iv = next(iter(intervals.values()))
+    L = [f"## How sure? {100 * any_iv['level']:.0f}% intervals (test)", "",
+         f"Paired bootstrap over seeds and test examples ({any_iv['resamples']} resamples; "
+         "`polytask.compare.uncertainty`). The verdict is read from the Delta-m interval: helped if it is "
+         "above 0, hurt if below, else no measurable difference.", ""]
+    tasks = results["tasks"]
+    rows = []
+    for m, iv in intervals.items():
+        dm = iv["delta_m"]
+        cells = [f"[{a:+.1f}, {b:+.1f}]" for a, b in (iv["per_task"].get(t, (math.nan, math.nan)) for t in tasks)]
+        rows.append([m, "-" if dm is None else f"[{dm[0]:+.2f}, {dm[1]:+.2f}]", f"**{iv['verdict']}**", *cells])
+    L += _md_table(["method", "Delta-m % interval", "verdict", *[f"{t} rel. change %" for t in tasks]], rows)
+    return L
+
+
 def render_markdown(results: dict, plots: dict[str, str]) -> str:
-    sections = (_md_header(results), _md_verdict(results), _md_results(results), _md_convergence(results),
+    sections = (_md_header(results), _md_verdict(results), _md_intervals(results), _md_results(results),
+                _md_convergence(results),
                 _md_training_cost(results),
                 _md_serving_cost(results), _md_budget_rule(results), _md_budget_tables(results), _md_plots(plots))
     return "\n".join(line for section in sections for line in section)

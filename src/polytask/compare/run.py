@@ -30,6 +30,7 @@ from polytask.compare.plan import Plan, SubRun, check_finished, plan_compare, pl
 from polytask.compare.prepared import Prepared
 from polytask.compare.plots import write_report
 from polytask.compare.report import format_table
+from polytask.html_report import write_compare_report
 from polytask.compare.results import collect
 from polytask.compare.serving import measure_inference
 from polytask.config import CompareConfig, Config, from_dict, load_config, to_dict
@@ -197,6 +198,7 @@ def run_compare(cfg: Config | str | Path, overrides: list[str] | None = None, pr
     results = collect(plan, inference, prepared)
     write_json(plan.root / "results.json", results)
     report = write_report(results, plan.root)
+    write_compare_report(plan.root)  # report.html: report.md with its plots embedded
     echo(format_table(results))
     echo(f"report: {report}")
     return plan.root

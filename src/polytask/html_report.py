@@ -1,0 +1,194 @@
+"""``report.html``: one self-contained page per run folder and per compare folder (no network:
+plots are embedded as base64 PNG data URIs, the CSS is inline, tables are HTML).
+
+A run's page: training curves (:func:`polytask.report.training_figure`), dev (and test) metrics
+per task, task weights, and the gradient cosines as a heatmap over time. A compare folder's page
+is its ``report.md`` (per-task table, Delta-m, training and serving cost, plots) as HTML, with the
+plots it references embedded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from pathlib import Path
+
+from polytask.files import atomic_write
+from polytask.report import cosine_heatmap, training_figure, weights_vary
+
+REPORT_HTML = "report.html"
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1300px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2em}
+p.note{color:#555;font-size:.9em}
+"""
+
+
+def page(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def table(head: list[str], rows: list[list]) -> str:
+    cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run folder
+
+
+def write_run_report(run) -> Path:
+    """Write ``report.html`` next to the run's ``training.png`` (``run``: a RunFolder)."""
+    plot_path = Path(run.plot_path)
+    png = plot_path.read_bytes() if plot_path.is_file() else None
+    text = render_run(run.events(), run.read_summary(), png, title=Path(run.path).name)
+    out = Path(run.report_path)
+    atomic_write(out, text.encode())
+    return out
+
+
+def render_run(events: list[dict], summary: dict, training_png: bytes | None = None, title: str = "run") -> str:
+    """The run page: training curves, dev metrics per task, task weights, gradient cosines."""
+    if training_png is None:
+        training_png = figure_png(training_figure(events))
+    body = [f"<h1>Training report: {html.escape(title)}</h1>",
+            f"<p class=\"note\">best step {_cell(summary.get('best_step'))} of {_cell(summary.get('steps'))}; "
+            f"dev macro {_cell(summary.get('dev_macro'))}; test macro {_cell(summary.get('test_macro'))}</p>",
+            "<h2 id=\"curves\">Training curves</h2>", f"<img alt=\"training curves\" src=\"{data_uri(training_png)}\">",
+            "<h2 id=\"metrics\">Dev metrics per task</h2>", metrics_tables(summary, events),
+            "<h2 id=\"weights\">Task weights</h2>", weights_table(events),
+            "<h2 id=\"cosines\">Gradient cosines over time</h2>"]
+    heatmap = cosine_heatmap(events)
+    if heatmap is None:
+        body.append("<p class=\"note\">No gradient cosines were logged (one task, or cosine_every: 0).</p>")
+    else:
+        body.append(f"<img alt=\"gradient cosine heatmap\" src=\"{data_uri(figure_png(heatmap))}\">")
+    return page(f"polytask report: {title}", body)
+
+
+def metrics_tables(summary: dict, events: list[dict]) -> str:
+    """The best weights' dev (and test) metrics per task; failing those, the last eval event's."""
+    parts = []
+    for split in ("dev", "test"):
+        results = summary.get(split)
+        if not results:
+            evals = [e for e in events if e.get("kind") == "eval"]
+            results = evals[-1].get("metrics") if split == "dev" and evals else None
+        if not results:
+            continue
+        names = sorted({m for r in results.values() for m in r if isinstance(r.get(m), (int, float))})
+        rows = [[task] + [r.get(m) for m in names] for task, r in results.items()]
+        parts.append(f"<p><b>{split}</b></p>" + table(["task"] + names, rows))
+    return "\n".join(parts) or "<p class=\"note\">No evaluation was logged.</p>"
+
+
+def weights_table(events: list[dict]) -> str:
+    """Effective task weights: first, last, min, max and mean over the logged steps."""
+    train = [e for e in events if e.get("kind") == "train"]
+    tasks = sorted({t for e in train for t in e.get("weights") or {}})
+    if not tasks:
+        return "<p class=\"note\">No task weights were logged.</p>"
+    rows = []
+    for t in tasks:
+        w = [e["weights"][t] for e in train if t in (e.get("weights") or {})]
+        rows.append([t, w[0], w[-1], min(w), max(w), sum(w) / len(w)])
+    note = "" if weights_vary(train) else "<p class=\"note\">The weights did not change (equal weighting).</p>"
+    return note + table(["task", "first", "last", "min", "max", "mean"], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# A compare folder: its report.md as HTML
+
+
+def write_compare_report(root: str | Path, markdown_name: str = "report.md") -> Path:
+    """Write ``report.html`` in a compare folder from its ``report.md`` and the PNGs it shows."""
+    root = Path(root)
+    text = markdown_to_html((root / markdown_name).read_text(), root)
+    title = next((ln[2:].strip().strip("`") for ln in text.splitlines() if ln.startswith("# ")), root.name)
+    out = root / REPORT_HTML
+    atomic_write(out, page(f"polytask compare: {root.name}" if not title else title, [text]).encode())
+    return out
+
+
+def markdown_to_html(md: str, base: Path) -> str:
+    """The Markdown that ``compare`` writes (headings, pipe tables, images, lists, paragraphs) as
+    HTML; a local image becomes a data URI (a missing one a note)."""
+    out: list[str] = []
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            out.append(_md_table(block))
+            continue
+        heading = re.match(r"(#{1,4}) (.*)", line)
+        if heading:
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{_inline(heading.group(2), base)}</h{level}>")
+        elif line.startswith(("- ", "* ")):
+            out.append(f"<ul><li>{_inline(line[2:], base)}</li></ul>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line, base)}</p>")
+        i += 1
+    return "\n".join(out).replace("</ul>\n<ul>", "\n")
+
+
+def _md_table(block: list[str]) -> str:
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in block]
+    rows = [r for r in rows if not all(re.fullmatch(r":?-{3,}:?", c) for c in r)]
+    head = "".join(f"<th>{_inline(c, None)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c, None)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _inline(text: str, base: Path | None) -> str:
+    def image(m: re.Match) -> str:
+        path = (base / m.group(2)) if base is not None else None
+        if path is None or not path.is_file():
+            return f"<em>(image {html.escape(m.group(2))} not found)</em>"
+        return f"<img alt=\"{html.escape(m.group(1))}\" src=\"{data_uri(path.read_bytes())}\">"
+
+    parts = re.split(r"(!\[[^\]]*\]\([^)]+\))", text)
+    out = []
+    for part in parts:
+        m = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", part)
+        if m:
+            out.append(image(m))
+            continue
+        s = html.escape(part)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+        out.append(s)
+    return "".join(out)
