@@ -105,3 +105,12 @@ def test_cosine_heatmap_and_png(tmp_path, close):
 
 def test_no_events_still_draws(tmp_path, close):
     assert plot_training([], tmp_path / "training.png").exists()
+
+
+def test_the_dev_axis_names_the_logged_main_metric_even_when_values_tie():
+    from polytask.report import main_metric_name
+
+    tie = {"kind": "eval", "step": 5, "metrics": {"topic": {"accuracy": 0.995, "macro_f1": 0.995}},
+           "main": {"topic": 0.995}}
+    assert main_metric_name([tie], "topic") == "main metric"  # ambiguous without the name: not guessed
+    assert main_metric_name([{**tie, "main_metric": {"topic": "accuracy"}}], "topic") == "accuracy"

@@ -89,12 +89,17 @@ def weights_vary(train: list[dict], tol: float = 1e-6) -> bool:
 
 
 def main_metric_name(evals: list[dict], task: str) -> str:
-    """The name of ``task``'s main metric: the metric whose value the eval events log as main."""
+    """The name of ``task``'s main metric, as the eval events name it (``main_metric``); in logs
+    written before events named it, the metric whose value is unambiguously the logged main value."""
+    for e in evals:
+        if task in e.get("main_metric", {}):
+            return e["main_metric"][task]
     for e in evals:
         main, metrics = e.get("main", {}).get(task), e.get("metrics", {}).get(task, {})
-        for name, value in metrics.items():
-            if main is not None and isinstance(value, (int, float)) and math.isclose(value, main, abs_tol=1e-12):
-                return name
+        matches = [n for n, v in metrics.items()
+                   if main is not None and isinstance(v, (int, float)) and math.isclose(v, main, abs_tol=1e-12)]
+        if len(set(matches)) == 1:
+            return matches[0]
     return "main metric"
 
 

@@ -416,7 +416,8 @@ def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
     results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size)
     score = macro_score(results, s.tasks)
     log_event(s, {"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
-                  "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()}})
+                  "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()},
+                  "main_metric": {n: s.tasks[n].main_metric for n in results}})
     if not results or score > state.best:
         state.best, state.best_step, state.stale = score, state.step, 0
         s.run.save_best(s.model, {"step": state.step, "dev_macro": score})
