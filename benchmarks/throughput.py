@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import sys
@@ -65,6 +66,7 @@ class Timers:
         self.open = False
 
     def wrap(self, name: str, fn):
+        @functools.wraps(fn)  # keeps the signature visible (Accelerate inspects optimizer.zero_grad's)
         def timed(*args, **kwargs):
             if not self.open:
                 return fn(*args, **kwargs)
