@@ -74,9 +74,6 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def backbone_dir(self) -> Path:
         return self.path / self.BACKBONE
@@ -297,19 +294,11 @@ class RunFolder:
 
         return save_checkpoint(self.path, step, write, keep, run_id=self.run_id, extra={"config": config})
 
-    def _latest_manifest(self) -> dict | None:
+    def latest_checkpoint_manifest(self) -> dict | None:
+        """The manifest of this run's newest good checkpoint (its step, file hashes and the config
+        it was trained with), or None when there is none."""
         path = latest_good_checkpoint(self.path, warn=lambda *a: None, run_id=self.run_id)
         return read_json(path / "manifest.json") if path is not None else None
-
-    def checkpoint_config(self) -> dict | None:
-        """The config the latest good checkpoint was trained with (None: no checkpoint, or one
-        written before checkpoints recorded it)."""
-        manifest = self._latest_manifest()
-        return None if manifest is None else manifest.get("config")
-
-    def checkpoint_step(self) -> int:
-        manifest = self._latest_manifest()
-        return 0 if manifest is None else int(manifest["step"])
 
     def load_checkpoint(self, model: nn.Module, warn: Callable[[str], None] = print) -> Any:
         """Load the newest checkpoint of this run that verifies into ``model``; returns its state."""

@@ -232,10 +232,10 @@ RESUME_CHANGEABLE = frozenset({
 def check_resume_changes(cfg: Config, run: RunFolder, allow_changes: bool) -> None:
     """Compare the config to continue with (config.yaml + overrides) with the one the latest
     checkpoint was trained with; save and record the accepted changes, refuse the others."""
-    saved = run.checkpoint_config()
-    if saved is None:  # nothing to compare with (no checkpoint: load_checkpoint will say so)
+    manifest = run.latest_checkpoint_manifest()  # verified once here, not once per field
+    if manifest is None or manifest.get("config") is None:  # no checkpoint (load_checkpoint says so), or an old one
         return
-    changed = differences(saved, cfg)
+    changed = differences(manifest["config"], cfg)
     refused = [k for k in changed if not any(k == c or k.startswith(c + ".") for c in RESUME_CHANGEABLE)]
     if refused and not allow_changes:
         raise ConfigError(f"resuming {run.path} with {', '.join(refused)} changed would change the run's "
@@ -243,7 +243,7 @@ def check_resume_changes(cfg: Config, run: RunFolder, allow_changes: bool) -> No
                           f"changes, start a new run, or pass --allow-changes to accept them")
     if changed:
         run.write_config(cfg)
-        run.append_event({"kind": "resume_changes", "step": run.checkpoint_step(), "changed": changed,
+        run.append_event({"kind": "resume_changes", "step": int(manifest["step"]), "changed": changed,
                           "forced": refused})
         print(f"resuming with changed settings: {', '.join(changed)} (saved in {RunFolder.CONFIG})")
 
