@@ -12,7 +12,13 @@ in docs/weighting.md ("Compared with torchjd"):
 - torchjd's IMTL-G is ``pinv(K) ||g|| / sum``, the same equations as the paper's closed form.
 - torchjd's Aligned-MTL applies the balance matrix to mean preferences (1/T); here to unit
   preferences (the paper's sum): the same direction, T times longer.
-- torchjd's CAGrad and Nash-MTL need cvxpy (not installed for the tests); not cross-checked.
+- torchjd's CAGrad solves the same dual with cvxpy/Clarabel and leaves ``rescale`` to the caller:
+  compared with ``rescale: 0``, same direction.
+- torchjd's Nash-MTL is the authors' sequential convex procedure, whose constraints are
+  ``alpha_t (K alpha)_t >= 1`` rather than the bargaining equations ``alpha_t (K alpha)_t = 1``.
+  Where its solution makes every constraint tight it is the bargaining solution, and the
+  directions agree; where it leaves a constraint slack (its residual is far from 1) it is not,
+  and this method is checked to solve the equations instead (docs/weighting.md).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 
 tj = pytest.importorskip("torchjd.aggregation")
 pytest.importorskip("quadprog")
+pytest.importorskip("cvxpy")  # torchjd's CAGrad and Nash-MTL (the torchjd[cagrad,nash-mtl] extras)
+pytest.importorskip("ecos")
 from torchjd.linalg import QuadprogProjector  # noqa: E402
 
 from polytask.weighting import build_weighting  # noqa: E402
@@ -120,3 +128,50 @@ def test_alignedmtl_matches_torchjd(seed, T, P, conflict):
     mine = ours("alignedmtl", K)  # B 1
     assert cosine(G, mine, theirs) > 0.999
     torch.testing.assert_close(mine / T, theirs, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("c", [0.1, 0.4, 0.9])
+@pytest.mark.parametrize("seed,T,P,conflict", CASES)
+def test_cagrad_matches_torchjd(seed, T, P, conflict, c):
+    G = gradients(seed, T, P, conflict)
+    K = G @ G.T
+    theirs = tj.CAGradWeighting(c=c, norm_eps=1e-12)(K)  # no rescale division there
+    assert cosine(G, ours("cagrad", K, c=c, rescale=0), theirs) > 0.999
+
+
+def nash_theirs(G):
+    """torchjd's Nash-MTL weights for the gradients G (T, P), fresh state, no norm clipping."""
+    from torchjd.aggregation._nash_mtl import _NashMTLWeighting
+
+    return _NashMTLWeighting(n_tasks=G.shape[0], max_norm=0.0, update_weights_every=1, optim_niter=20)(G)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("seed,T,P,conflict", [c for c in CASES if c[1] <= c[2]])
+def test_nashmtl_agrees_with_torchjd_where_its_constraints_are_tight(seed, T, P, conflict):
+    """Where torchjd's solution satisfies the bargaining equations (every ``alpha_t (K alpha)_t``
+    within 1e-3 of 1), the directions agree; where it leaves a constraint slack, this method's
+    weights satisfy the equations that torchjd's do not."""
+    G = gradients(seed, T, P, conflict)
+    K = G @ G.T
+    theirs = nash_theirs(G).to(torch.float64)
+    mine = ours("nashmtl", K)
+    torch.testing.assert_close((K @ mine) * mine, torch.ones(T, dtype=torch.float64), rtol=0, atol=1e-5)
+    residual = (K @ theirs) * theirs  # (T,) the constraint values; 1 when tight
+    if float((residual - 1).abs().max()) < 1e-3:
+        assert cosine(G, mine, theirs) > 0.999
+    else:
+        assert float(residual.max()) > 1.5  # slack: a relaxation's solution, not the bargaining one
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_nashmtl_torchjd_cases_cover_both_outcomes():
+    """The fixed cases above include some where torchjd's constraints are all tight (so the
+    cross-check compares directions) and some where they are not."""
+    tight = []
+    for seed, T, P, conflict in CASES:
+        if T <= P:
+            G = gradients(seed, T, P, conflict)
+            a = nash_theirs(G).to(torch.float64)
+            tight.append(float(((G @ G.T @ a) * a - 1).abs().max()) < 1e-3)
+    assert 3 <= sum(tight) < len(tight)
