@@ -96,22 +96,14 @@ def free_port() -> int:
 
 
 def start_server(run_dir: Path, args: list[str]) -> tuple[subprocess.Popen, str]:
-    import httpx
+    from polytask.serve import wait_until_ready
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "polytask.cli", "serve", str(run_dir), "--port", str(port),
                              "--log-level", "warning", *args], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise SystemExit("server exited")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start")
+    wait_until_ready(url, proc, timeout=120)
+    return proc, url
 
 
 async def load(url: str, inputs: list[dict], n: int, concurrency: int) -> dict:

@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -141,16 +140,9 @@ class Shell:
         proc = subprocess.Popen([sys.executable, "-m", "polytask.cli", *args], cwd=self.cwd, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.servers.append(proc)
-        import httpx
+        from polytask.serve import wait_until_ready
 
-        for _ in range(600):
-            assert proc.poll() is None, "polytask serve exited"
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("polytask serve did not start")
+        wait_until_ready(f"http://127.0.0.1:{self.port}", proc, timeout=120)
 
     def close(self) -> None:
         for proc in self.servers:

@@ -25,6 +25,9 @@ pytest.importorskip("prometheus_client")
 
 from conftest import REPO, tiny_config  # noqa: E402
 
+from polytask.errors import PolytaskError  # noqa: E402
+from polytask.serve import wait_until_ready  # noqa: E402
+
 TEXTS = ["Anna loved the soup", "the chef burned the pasta", "Oslo is cold in winter", "Berg met Anna in Oslo"]
 
 
@@ -41,17 +44,11 @@ def start_server(run_dir, *args) -> tuple[subprocess.Popen, str]:
                              "--log-level", "warning", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("server did not start")
+    try:
+        wait_until_ready(url, proc, timeout=120)
+    except PolytaskError as exc:
+        raise AssertionError(f"{exc}: {proc.stdout.read() if proc.poll() is not None else ''}") from None
+    return proc, url
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +196,16 @@ def test_sigterm_shuts_down_gracefully(run_dir):
     out = proc.stdout.read()
     assert got == [200]
     assert "Application shutdown complete" in out and "Traceback" not in out
+
+
+def test_wait_until_ready_reports_a_server_that_exited():
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    with pytest.raises(PolytaskError, match="exited with code 3"):
+        wait_until_ready(f"http://127.0.0.1:{free_port()}", proc, timeout=30)
+
+
+def test_wait_until_ready_times_out_and_kills():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(PolytaskError, match="did not answer /health within 1 s"):
+        wait_until_ready(f"http://127.0.0.1:{free_port()}", proc, timeout=1)
+    assert proc.wait(timeout=10) == -signal.SIGKILL

@@ -12,13 +12,15 @@ Needs the ``serve`` extra: ``pip install "polytask[serve]"``.
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from polytask.errors import PolytaskError
 from polytask.serve.settings import ServeSettings
 
-__all__ = ["ServeSettings", "create_app", "serve"]
+__all__ = ["ServeSettings", "create_app", "serve", "wait_until_ready"]
 
 
 def create_app(predictor, settings: ServeSettings | None = None):
@@ -45,3 +47,24 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settin
     app = _create(Predictor.load(run_dir), settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
     uvicorn.Server(config).run()
+
+
+def wait_until_ready(url: str, process: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+    """Wait until the server at ``url`` answers ``GET /health`` with 200 (scripts and tests that
+    start ``polytask serve`` as a process). Raises PolytaskError if ``process`` exits first or
+    ``timeout`` seconds pass (the process is then killed)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise PolytaskError(f"polytask serve exited with code {process.returncode} before {url} was ready")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    if process is not None:
+        process.kill()
+    raise PolytaskError(f"{url} did not answer /health within {timeout:.0f} s")
