@@ -79,6 +79,7 @@ class ModelConfig:
     max_length: int = 128  # truncation only; batches are padded to their own longest example
     dtype: Literal["float32", "bfloat16"] = "float32"
     kind: Literal["encoder", "causal_lm"] = "encoder"  # causal_lm: a decoder LLM (docs/llm.md)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
 
 
 @dataclass

@@ -31,8 +31,25 @@ KINDS: dict[str, Callable[[], Kind]] = {"encoder": _encoder, "causal_lm": _causa
 
 
 def load_backbone(model_cfg):
-    """``(model, tokenizer)`` of ``model.backbone`` for ``model.kind`` (a ModelConfig)."""
-    return KINDS[model_cfg.kind]().load(model_cfg.backbone, model_cfg.dtype)
+    """``(model, tokenizer)`` of ``model.backbone`` for ``model.kind`` (a ModelConfig), with
+    gradient checkpointing on when ``model.gradient_checkpointing`` asks for it."""
+    model, tokenizer = KINDS[model_cfg.kind]().load(model_cfg.backbone, model_cfg.dtype)
+    if getattr(model_cfg, "gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
+    return model, tokenizer
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each transformer layer's activations during backward instead of keeping them
+    (Hugging Face's ``gradient_checkpointing_enable``): activation memory per layer drops to its
+    inputs, for about one more forward pass of compute. Non-reentrant checkpointing, so it works
+    with frozen embeddings (LoRA), ``autograd.grad`` (the gradient methods) and dropout (the RNG
+    state is replayed: the same gradients as without it). Applies in training mode only."""
+    from polytask.errors import ConfigError
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not support it")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def backbone_from_config(model_cfg, config_dir: str | Path):
