@@ -272,7 +272,8 @@ def export(
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hub repo"),
 ) -> None:
     """Write a run in a standard format (docs/export.md): the encoder and each task as Hugging Face
-    model folders that AutoModel and transformers.pipeline load, with a model card; or (--format
+    model folders that AutoModel and transformers.pipeline load, with a model card (adapters and
+    causal_lm runs: one PEFT adapter folder per task, with an LLM task's prompt); or (--format
     onnx) the encoder with every head as one ONNX graph, its tokenizer and labels."""
     from polytask.export import export_hf, export_onnx
 

@@ -3,7 +3,9 @@
 - :func:`export_adapter` (``lora.py``): one task's adapter and head of an ``adapters`` run;
 - :func:`merge_lora` (``lora.py``): a causal LM with a LoRA adapter merged into its weights;
 - :func:`export_hf` (``hf.py``): the shared encoder and every task as Hugging Face model
-  folders, with a model card (``card.py``); ``polytask export --format hf``;
+  folders, with a model card (``card.py``); ``polytask export --format hf``; for ``adapters``
+  runs the encoder and each task's adapter, for ``causal_lm`` runs each task's PEFT adapter with
+  its prompt and decoding settings (``llm.py``);
 - :func:`export_onnx` (``onnx.py``): the encoder with every head as one ONNX graph;
   ``polytask export --format onnx``.
 

@@ -19,7 +19,10 @@ def model_card(pred, manifest: dict) -> str:
     """Markdown with a Hugging Face metadata header, for the export folder of ``pred``'s run."""
     cfg = pred.cfg
     summary = _summary(pred)
-    lines = ["---", "library_name: transformers", "tags:", "- polytask", "- multi-task", "---", "",
+    kind = manifest.get("kind", "hard")
+    peft = kind == "adapters/lora" or (kind == "causal_lm" and manifest.get("peft") != "none")
+    library = "peft" if peft else "transformers"
+    lines = ["---", f"library_name: {library}", "tags:", "- polytask", "- multi-task", "---", "",
              f"# {cfg.name}", "",
              f"A multi-task model trained with [polytask](https://pypi.org/project/polytask/) "
              f"(architecture `{cfg.architecture.name}`, weighting `{cfg.weighting.name}`) on top of "
@@ -32,7 +35,8 @@ def model_card(pred, manifest: dict) -> str:
         metric = task.main_metric
         dev, test = (_metric(summary, split, name, metric) for split in ("dev", "test"))
         folder = manifest["tasks"].get(name)
-        where = f"`{folder}` ({PIPELINES[task.type_name]})" if folder else "not exported: " + manifest[
+        how = manifest.get("task_format") or PIPELINES.get(task.type_name, "")
+        where = f"`{folder}` ({how})" if folder else "not exported: " + manifest[
             "not_exported"].get(name, "")
         lines.append(f"| {name} | {task.type_name} | {labels} | {metric} | {dev} | {test} | {where} |")
     lines += ["", *_delta_m_lines(pred.run_dir, cfg.name), *_usage(manifest),
@@ -69,6 +73,16 @@ def _delta_m_lines(run_dir: Path, name: str) -> list[str]:
 
 
 def _usage(manifest: dict) -> list[str]:
+    kind = manifest.get("kind", "hard")
+    if kind == "causal_lm":
+        return _usage_causal_lm(manifest)
+    if kind.startswith("adapters"):
+        return ["## Use", "", "```python", "from peft import PeftModel", "from transformers import AutoModel", "",
+                'encoder = AutoModel.from_pretrained("encoder")',
+                *(f'{name} = PeftModel.from_pretrained(AutoModel.from_pretrained("encoder"), "{folder}")'
+                  for name, folder in manifest["tasks"].items()), "```", "",
+                "Each task folder also holds the task head (`head.safetensors`: polytask's pool -> linear head) "
+                "and `polytask_adapter.json` (labels, task config); see polytask's docs/export.md.", ""]
     lines = ["## Use", "", "```python", "from transformers import AutoModel, pipeline", "",
              'encoder = AutoModel.from_pretrained("encoder")']
     for name, folder in manifest["tasks"].items():
@@ -78,3 +92,21 @@ def _usage(manifest: dict) -> list[str]:
               f"`{manifest['pooler_scale']:g} * I` and the classifier scaled back, so the logits equal polytask's "
               "(see polytask's docs/export.md); fine-tuning them further starts from that tiny pooler.", ""]
     return lines
+
+
+def _usage_causal_lm(manifest: dict) -> list[str]:
+    base = manifest["base"]
+    gguf = f', gguf_file="{base["gguf_file"]}"' if base.get("gguf_file") else ""
+    lines = ["## Use", "", "```python", "import json", "from peft import PeftModel",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig", "",
+             f'base = AutoModelForCausalLM.from_pretrained("{base["name_or_path"]}"{gguf})']
+    folder = next(iter(manifest["tasks"].values()))  # one task shows the pattern; every task folder is alike
+    model = f'PeftModel.from_pretrained(base, "{folder}")' if manifest["peft"] != "none" else "base"
+    lines += [f'spec = json.load(open("{folder}/polytask_task.json"))',
+              f'tok, gen = AutoTokenizer.from_pretrained("{folder}"), GenerationConfig.from_pretrained("{folder}")',
+              'record = {field: "..." for field in spec["fields"]}  # the input, by the prompt\'s field names',
+              'prompt = spec["prompt_prefix"] + spec["prompt"].format(**record) + spec["prompt_suffix"]',
+              'batch = tok(prompt, return_tensors="pt", add_special_tokens=spec["add_special_tokens"])',
+              f"out = {model}.generate(**batch, generation_config=gen)",
+              'answer = tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()']
+    return lines + ["```", "", "Every task folder holds the same files; see polytask's docs/llm.md (Export).", ""]

@@ -1,6 +1,8 @@
-"""A hard-sharing run as Hugging Face model folders: ``polytask export RUN_DIR --format hf --out DIR``.
+"""A run as Hugging Face model folders: ``polytask export RUN_DIR --format hf --out DIR``.
 
-Layout of ``DIR`` (docs/export.md):
+``adapters`` runs get ``encoder/`` (adapter-free) and ``tasks/<task>/`` with each task's adapter
+(LoRA in PEFT's format) and head; ``causal_lm`` runs get one PEFT adapter folder per task with
+its prompt (:mod:`polytask.export.llm`). Layout of ``DIR`` for a hard-sharing run (docs/export.md):
 
 - ``encoder/``: the shared encoder (``save_pretrained``, safetensors) and the tokenizer, for
   ``AutoModel.from_pretrained``; with the source's sentence-transformers files when the backbone
@@ -33,10 +35,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from polytask.architectures.adapters import Adapters
+from polytask.architectures.causal_lm import CausalLM
 from polytask.architectures.hard import HardSharing
 from polytask.backbones.encoder import resolve_backbone
 from polytask.errors import PolytaskError
 from polytask.export.card import model_card
+from polytask.export.llm import export_causal_lm
+from polytask.export.lora import plain_backbone, write_task_adapter
 from polytask.predict import Predictor
 
 POOLER_SCALE = 1e-4
@@ -46,17 +52,36 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 
 
 def export_hf(run_dir: str | Path, out_dir: str | Path, push_to_hub: str | None = None) -> Path:
-    """Write the encoder and every exportable task of a hard-sharing run to ``out_dir``; with
-    ``push_to_hub`` (a repo id) upload the folder to the Hugging Face Hub afterwards (the Hub is
-    checked before anything is written)."""
+    """Write a run as Hugging Face folders in ``out_dir`` (docs/export.md): a hard-sharing run's
+    encoder and standard task models; an ``adapters`` run's encoder and per-task adapters; a
+    ``causal_lm`` run's per-task PEFT adapters with their prompts (:mod:`polytask.export.llm`).
+    With ``push_to_hub`` (a repo id) the folder is uploaded to the Hugging Face Hub afterwards
+    (the Hub is checked before anything is written)."""
     if push_to_hub:
         check_hub(push_to_hub)
     pred = Predictor.load(run_dir)
-    if not isinstance(pred.model.arch, HardSharing):
-        raise PolytaskError(
-            f"{run_dir} was trained with architecture '{pred.cfg.architecture.name}': only 'hard' runs have one "
-            "encoder every task reads; 'adapters' runs: polytask export-adapter; 'causal_lm': polytask merge-lora")
     out_dir = Path(out_dir)
+    arch = pred.model.arch
+    if isinstance(arch, HardSharing):
+        manifest = export_hard(pred, out_dir)
+    elif isinstance(arch, Adapters):
+        manifest = export_adapters(pred, out_dir)
+    elif isinstance(arch, CausalLM):
+        manifest = export_causal_lm(pred, out_dir)
+    else:
+        raise PolytaskError(
+            f"{run_dir} was trained with architecture '{pred.cfg.architecture.name}': --format hf exports 'hard' "
+            "runs (one encoder every task reads), 'adapters' and 'causal_lm' runs (one adapter per task); "
+            "predict with polytask, or use --format onnx for a hard-sharing run")
+    (out_dir / "polytask_export.json").write_text(json.dumps(manifest, indent=2))
+    (out_dir / "README.md").write_text(model_card(pred, manifest))
+    if push_to_hub:
+        upload(out_dir, push_to_hub)
+    return out_dir
+
+
+def export_hard(pred: Predictor, out_dir: Path) -> dict:
+    """The shared encoder and one standard task model per exportable task; returns the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_encoder(pred, out_dir / "encoder")
     exported, skipped = {}, {}
@@ -66,27 +91,49 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, push_to_hub: str | None 
             skipped[name] = reason
         else:
             exported[name] = f"tasks/{name}"
-    manifest = {"run_dir": str(pred.run_dir), "encoder": "encoder", "tasks": exported, "not_exported": skipped,
-                "pooler_scale": POOLER_SCALE,
-                "regression": [f for n, f in exported.items() if pred.tasks[n].type_name == "regression"]}
-    (out_dir / "polytask_export.json").write_text(json.dumps(manifest, indent=2))
-    (out_dir / "README.md").write_text(model_card(pred, manifest))
-    if push_to_hub:
-        upload(out_dir, push_to_hub)
-    return out_dir
+    return {"run_dir": str(pred.run_dir), "kind": "hard", "encoder": "encoder", "tasks": exported,
+            "not_exported": skipped, "pooler_scale": POOLER_SCALE,
+            "regression": [f for n, f in exported.items() if pred.tasks[n].type_name == "regression"]}
+
+
+def export_adapters(pred: Predictor, out_dir: Path) -> dict:
+    """An ``adapters`` run: the adapter-free encoder in ``encoder/`` (the base every adapter
+    fits: the pretrained backbone, or the trained one with ``freeze_backbone: false``) and each
+    task's adapter and head in ``tasks/<task>/`` (LoRA in PEFT's format)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain_backbone(pred).save_pretrained(out_dir / "encoder", safe_serialization=True)
+    pred.tokenizer.save_pretrained(out_dir / "encoder")
+    tasks = {}
+    for name in pred.tasks:
+        write_task_adapter(pred, name, out_dir / "tasks" / name, with_backbone=False)
+        pred.tokenizer.save_pretrained(out_dir / "tasks" / name)
+        tasks[name] = f"tasks/{name}"
+    kind = pred.model.arch.kind
+    return {"run_dir": str(pred.run_dir), "kind": f"adapters/{kind}", "encoder": "encoder", "tasks": tasks,
+            "not_exported": {}, "task_format": "PEFT LoRA adapter + head.safetensors" if kind == "lora"
+            else "polytask bottleneck adapter + head.safetensors"}
 
 
 def save_encoder(pred: Predictor, out: Path) -> None:
+    """The trained encoder and tokenizer; for a sentence-transformers source also its module list
+    and pooling folders, with ``max_seq_length`` cut to the run's ``model.max_length`` (the
+    length polytask truncates to, so long texts embed as in polytask)."""
     pred.model.arch.backbone.save_pretrained(out, safe_serialization=True)
     pred.tokenizer.save_pretrained(out)
     source = Path(resolve_backbone(pred.cfg.model.backbone))
-    if (source / "modules.json").is_file():  # a sentence-transformers model: keep its pooling
-        for name in ST_FILES:
-            if (source / name).is_file():
-                shutil.copy(source / name, out / name)
-        for sub in source.iterdir():
-            if sub.is_dir() and sub.name[:1].isdigit() and not any(sub.glob("*.safetensors")):
-                shutil.copytree(sub, out / sub.name, dirs_exist_ok=True)
+    if not (source / "modules.json").is_file():
+        return
+    for name in ST_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    for sub in source.iterdir():
+        if sub.is_dir() and sub.name[:1].isdigit() and not any(sub.glob("*.safetensors")):
+            shutil.copytree(sub, out / sub.name, dirs_exist_ok=True)
+    st_config = out / "sentence_bert_config.json"
+    settings = json.loads(st_config.read_text()) if st_config.is_file() else {}
+    limit = pred.cfg.model.max_length
+    settings["max_seq_length"] = min(settings.get("max_seq_length") or limit, limit)
+    st_config.write_text(json.dumps(settings, indent=2))
 
 
 def export_task(pred: Predictor, name: str, out: Path) -> str | None:
@@ -95,8 +142,9 @@ def export_task(pred: Predictor, name: str, out: Path) -> str | None:
     if task.type_name not in ("classification", "regression", "tagging"):
         return f"{task.type_name} tasks have no standard transformers task model"
     if task.type_name != "tagging" and task.cfg.pooling != "cls":
-        return ("pooling 'mean': no standard transformers sequence classifier averages token states "
-                "(train with pooling: cls to export it, or predict with polytask)")
+        return ("pooling 'mean': no standard transformers sequence classifier averages token states, so no "
+                "pipeline folder could give polytask's predictions; use --format onnx (every head, mean pooling "
+                "included) or polytask predict, or train with pooling: cls to export it")
     try:
         model = task_model(pred, name)
     except PolytaskError as exc:

@@ -31,31 +31,46 @@ def export_adapter(run_dir: str | Path, task: str, out_dir: str | Path) -> Path:
     (``freeze_backbone: false``) the adapter only fits that backbone, which is written to
     ``backbone/`` (Hugging Face ``save_pretrained`` layout, without adapters).
     """
-    from safetensors.torch import save_file
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     pred = Predictor.load(run_dir)
-    arch = pred.model.arch
-    if not isinstance(arch, Adapters):
+    if not isinstance(pred.model.arch, Adapters):
+        hint = ("; for a causal_lm run, 'polytask export RUN_DIR --format hf' writes every task's adapter in "
+                "PEFT's format with its prompt" if isinstance(pred.model.arch, CausalLM) else "")
         raise PolytaskError(f"{run_dir} was trained with architecture '{pred.cfg.architecture.name}': "
-                            "only 'adapters' runs have a per-task adapter to export")
+                            f"only 'adapters' runs have a per-task adapter to export here{hint}")
+    write_task_adapter(pred, task, out_dir, with_backbone=not pred.model.arch.freeze_backbone)
+    return out_dir
+
+
+def write_task_adapter(pred: Predictor, task: str, out_dir: Path, with_backbone: bool) -> list[str]:
+    """Task ``task``'s adapter, head and ``polytask_adapter.json`` of a loaded ``adapters`` run
+    in ``out_dir`` (with the adapter-free backbone in ``out_dir/backbone`` when ``with_backbone``);
+    returns the names written."""
+    from safetensors.torch import save_file
+
+    arch = pred.model.arch
     if task not in arch.tasks:
         raise PolytaskError(f"unknown task '{task}'; this run has: {', '.join(arch.tasks)}")
     files = arch.save_task_adapter(task, out_dir, base_name=pred.cfg.model.backbone)
     head = {k: v.detach().contiguous() for k, v in pred.model.heads[task].state_dict().items()}
     save_file(head, str(out_dir / "head.safetensors"), metadata={"format": "pt"})
     files.append("head.safetensors")
-    if not arch.freeze_backbone:
-        base = backbone_from_config(pred.cfg.model, pred.run.backbone_dir)
-        base.load_state_dict(arch.plain_backbone_state(), strict=True)
-        base.save_pretrained(out_dir / "backbone")
+    if with_backbone:
+        plain_backbone(pred).save_pretrained(out_dir / "backbone")
         files.append("backbone/")
     meta = {"task": task, "kind": arch.kind, "freeze_backbone": arch.freeze_backbone,
-            "backbone": pred.cfg.model.backbone, "run_dir": str(run_dir),
+            "backbone": pred.cfg.model.backbone, "run_dir": str(pred.run_dir),
             "task_config": dataclasses.asdict(pred.cfg.task(task)), "vocab": pred.tasks[task].vocab_state(),
             "files": files}
     (out_dir / "polytask_adapter.json").write_text(json.dumps(meta, indent=2, default=str))
-    return out_dir
+    return files
+
+
+def plain_backbone(pred: Predictor):
+    """The backbone of a loaded ``adapters`` run without its adapters (a plain transformers model)."""
+    base = backbone_from_config(pred.cfg.model, pred.run.backbone_dir)
+    base.load_state_dict(pred.model.arch.plain_backbone_state(), strict=True)
+    return base.eval()
 
 
 def merge_lora(run_dir: str | Path, out_dir: str | Path, task: str | None = None) -> Path:
@@ -98,4 +113,4 @@ def merge_lora(run_dir: str | Path, out_dir: str | Path, task: str | None = None
     return out_dir
 
 
-__all__ = ["export_adapter", "merge_lora"]
+__all__ = ["export_adapter", "merge_lora", "plain_backbone", "write_task_adapter"]
