@@ -90,8 +90,11 @@ def train(
         raise typer.Exit(130)
     except USER_ERRORS as exc:
         _fail(exc)
+    from polytask.devices import process_state
     from polytask.run_folder import RunFolder
 
+    if not process_state().is_main_process:  # torchrun / accelerate launch: the main process reports
+        return
     typer.echo(format_summary(RunFolder(run_dir).read_summary()))
     typer.echo(f"run folder: {run_dir}")
 

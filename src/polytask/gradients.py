@@ -16,19 +16,33 @@ Where the gradients are taken is the run's ``train.grad_space``:
   adapter-size memory. Per-task adapters have disjoint gradients, so they are refused.
 
 Only the Gram matrix ``K = G G^T`` leaves this module; ``G`` is freed at once.
+
+Several processes (data parallel, each on its slice of the global batch): each process's row
+``g_t`` is the gradient of its share of the global mean loss, so the global ``G`` is the mean of
+the processes' ``G`` (``reduce``: one all-reduce of the (T, d) matrix) and ``K`` is formed after
+it, identically everywhere. In representation space this is a (T, H) matrix; summing the local
+(T, T) Gram matrices instead would drop the cross-process products ``g_t^(r) . g_u^(s)`` of
+these summed gradients and is not exact (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import torch
+from typing import Callable
+
 from torch import Tensor, nn
 
 from polytask.architectures import Features
 
 
 def task_gram(losses: list[Tensor], space: str, feats: list[Features],
-              params: list[nn.Parameter] | None = None) -> Tensor:
-    """(T, T) inner products of the task gradients in ``space``; the graph is retained."""
+              params: list[nn.Parameter] | None = None,
+              reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """(T, T) inner products of the task gradients in ``space``; the graph is retained.
+
+    ``reduce`` (several processes): averages the (T, d) task gradients over the processes
+    before the inner products are taken.
+    """
     rows = []
     for loss, f in zip(losses, feats):
         if space == "representation":
@@ -39,6 +53,8 @@ def task_gram(losses: list[Tensor], space: str, feats: list[Features],
             g = torch.cat([(torch.zeros_like(p) if gp is None else gp).reshape(-1) for p, gp in zip(params, grads)])
         rows.append(g.detach().float())
     G = torch.stack(rows)  # (T, d)
+    if reduce is not None:
+        G = reduce(G)  # (T, d), the global batch's
     return G @ G.T  # (T, T)
 
 

@@ -13,6 +13,11 @@ plug in through ``Weighting.combine``, ``Architecture.forward``, ``Task.loss`` a
 :func:`polytask.backbones.load_backbone`. Everything that changes during training (model,
 optimizer, scheduler, weighting, draws, RNGs, the loop's own counters) is in the checkpoint, so
 ``--resume`` continues the exact trajectory.
+
+Several processes (``torchrun`` / ``accelerate launch``, docs/distributed.md) run this same loop
+in lockstep: each trains on its slice of every step's global batch, the losses the weighting
+sees and the gradients are the global batch's (:mod:`polytask.devices`), evaluation is shared
+out and gathered, and only the main process writes the run folder.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from transformers import get_scheduler
 from polytask.backbones import check_max_length, load_backbone, pad_id
 from polytask.config import Config, differences, load_config, to_dict
 from polytask.dataset import TaskData, data_warnings, encode_all, prepare
-from polytask.devices import make_accelerator, to_device
+from polytask.devices import (any_process, average_gradients, global_losses, make_accelerator, on_main,
+                              module_device, process_mean, process_state, shard, to_device)
 from polytask.draws import StepDraws
-from polytask.errors import ConfigError, PolytaskError
+from polytask.errors import CheckpointError, ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines, task_gram
 from polytask.model import MultiTaskModel, build_model
@@ -92,10 +98,16 @@ class Session:
     pad_id: int
     accelerator: object  # accelerate.Accelerator: device, autocast, backward, gradient scaler
     trackers: Trackers | None = None  # experiment trackers fed with the logged events
+    progress: bool = True  # progress bars (training and evaluation)
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def main(self) -> bool:
+        """The process that writes the run folder (the only one, without torchrun)."""
+        return self.accelerator.is_main_process
 
     @property
     def stateful(self) -> dict:
@@ -172,25 +184,35 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
     folder may come from anywhere; see :func:`polytask.registry.registered_only`).
     """
     cfg, run = resolve_run(cfg, overrides, resume)
+    with contextlib.ExitStack() as held:  # the main process holds the folder's lock until the end
+        on_main(process_state(cfg.train.device),
+                lambda: held.enter_context(own_folder(run, cfg, resume, overwrite, allow_changes)))
+        trusted = resume is None or allow_code
+        with contextlib.nullcontext() if trusted else registered_only(str(run.path / RunFolder.CONFIG)):
+            s = set_up(cfg, run, resuming=resume is not None)
+        s.progress = progress
+        state = restore(s) if resume is not None else start(s)
+        s.trackers = Trackers.from_config(cfg, run.path) if s.main else Trackers()  # train.report_to
+        for event in run.events() if s.main else []:  # the start event; after --resume, the history so far
+            s.trackers.log(event)
+        try:
+            state = run_loop(s, state, progress)
+            finish(s, state)
+        finally:
+            s.trackers.close(run.read_summary() if s.main and run.is_finished() else None)
+    return run.path
+
+
+@contextlib.contextmanager
+def own_folder(run: RunFolder, cfg: Config, resume, overwrite: bool, allow_changes: bool):
+    """Lock the run folder for this run; a new run claims it, a resumed one checks its changes."""
     with run.lock():
         run.remove_stale_temp_files()
         if resume is None:
             claim(run, overwrite)
         else:
             check_resume_changes(cfg, run, allow_changes)
-        trusted = resume is None or allow_code
-        with contextlib.nullcontext() if trusted else registered_only(str(run.path / RunFolder.CONFIG)):
-            s = set_up(cfg, run, resuming=resume is not None)
-        state = restore(s) if resume is not None else start(s)
-        s.trackers = Trackers.from_config(cfg, run.path)  # train.report_to (docs/tracking.md)
-        for event in run.events():  # the start event; after --resume, the history up to the checkpoint
-            s.trackers.log(event)
-        try:
-            state = run_loop(s, state, progress)
-            finish(s, state)
-        finally:
-            s.trackers.close(run.read_summary() if run.is_finished() else None)
-    return run.path
+        yield
 
 
 def resolve_run(cfg, overrides: list[str] | None, resume) -> tuple[Config, RunFolder]:
@@ -264,46 +286,66 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     tasks = {name: td.task for name, td in data.items()}
     seed_everything(cfg.seed)  # heads are initialised the same whatever loading consumed
     accelerator = make_accelerator(t.device, t.mixed_precision)
-    model = build_model(cfg, backbone, tasks).to(accelerator.device)
+    model = build_model(cfg, backbone, tasks).to(accelerator.device)  # the same on every process
+    if accelerator.process_index:  # other dropout masks on the other processes' examples
+        torch.manual_seed(cfg.seed + 7919 * accelerator.process_index)
     lengths = {n: [len(f["input_ids"]) for f in data[n].features["train"]] for n in tasks}
     weighting, sampler = build_components(cfg, list(tasks), [len(v) for v in lengths.values()])
     weighting.to(accelerator.device)
-    draws = StepDraws(sampler, lengths, t.batch_size, cfg.seed, t.max_steps, weighting.needs_all_tasks,
+    global_batch = t.batch_size * accelerator.num_processes  # every process draws it, and takes its slice
+    draws = StepDraws(sampler, lengths, global_batch, cfg.seed, t.max_steps, weighting.needs_all_tasks,
                       grouped=t.length_grouping)
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = get_scheduler(
         "constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
         num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
     )
-    print(f"training on {accelerator.device} (mixed precision: {t.mixed_precision}, torch threads: "
-          f"{torch.get_num_threads()})", file=sys.stderr)
-    if not resuming:
+    if accelerator.is_main_process:
+        print(f"training on {accelerator.device} (mixed precision: {t.mixed_precision}, torch threads: "
+              f"{torch.get_num_threads()})\n{describe_batch(t, accelerator.num_processes)}", file=sys.stderr)
+    if not resuming and accelerator.is_main_process:
         save_run_files(cfg, run, tasks, tokenizer, backbone)
     return Session(cfg, run, data, tasks, model, weighting, draws, accelerator.prepare_optimizer(optimizer),
                    scheduler, balance_params(model, t.grad_space, t.grad_layers), pad_id(tokenizer), accelerator)
 
 
+def effective_batch(t, processes: int) -> int:
+    """Examples per task per step: ``train.batch_size`` is per process (the Hugging Face convention)."""
+    return t.batch_size * processes * t.grad_accum
+
+
+def describe_batch(t, processes: int) -> str:
+    return (f"batch: {t.batch_size} per process x {processes} process{'es' if processes > 1 else ''} x "
+            f"{t.grad_accum} grad_accum = {effective_batch(t, processes)} examples per task per step")
+
+
 def start(s: Session) -> LoopState:
+    if not s.main:
+        return LoopState()
     s.run.reset_events()
     sizes = {n: len(s.data[n].features["train"]) for n in s.tasks}
     skipped = {n: {split: len(v) for split, v in s.data[n].skipped.items()} for n in s.tasks if s.data[n].skipped}
     s.run.append_event({"kind": "start", "step": 0, "params": s.model.describe(), "train_sizes": sizes,
                         "device": str(s.device), "mixed_precision": s.cfg.train.mixed_precision,
-                        "torch_threads": torch.get_num_threads(), **({"skipped_rows": skipped} if skipped else {})})
+                        "torch_threads": torch.get_num_threads(), "processes": s.accelerator.num_processes,
+                        "effective_batch": effective_batch(s.cfg.train, s.accelerator.num_processes),
+                        **({"skipped_rows": skipped} if skipped else {})})
     return LoopState()
 
 
 def restore(s: Session) -> LoopState:
-    state = restore_checkpoint(s.run, s.model, s.stateful)
-    s.run.truncate_events_after(state.step)
-    print(f"resuming {s.run.path} at step {state.step}")
+    state = restore_checkpoint(s.run, s.model, s.stateful, s.accelerator.process_index, s.accelerator.num_processes)
+    if s.main:
+        s.run.truncate_events_after(state.step)
+        print(f"resuming {s.run.path} at step {state.step}")
     return state
 
 
 def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
     """Steps until ``max_steps``, early stopping, or a signal (checkpoint, then Interrupted)."""
     t = s.cfg.train
-    bar = tqdm(total=t.max_steps, initial=state.step, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=t.max_steps, initial=state.step, desc="train", disable=not progress or not s.main,
+               dynamic_ncols=True)
     started = time.perf_counter() - state.elapsed
     with StopFlag() as stop:
         while state.step < t.max_steps:
@@ -319,13 +361,15 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
                 stop_early = evaluate_and_select(s, state, bar)
             state.elapsed = time.perf_counter() - started
-            if state.step % (t.checkpoint_every or t.eval_every) == 0 or stop.signum is not None:
+            stopping = any_process(stop.signum is not None, s.accelerator)  # every process stops at one step
+            if state.step % (t.checkpoint_every or t.eval_every) == 0 or stopping:
                 save_checkpoint(s, state)
-            if stop.signum is not None:
+            if stopping:
                 bar.close()
-                raise interrupted(s, state, stop.signum)
+                raise interrupted(s, state, stop.signum or signal.SIGTERM)
             if stop_early:
-                bar.write(f"early stopping: no improvement in {state.stale} evaluations")
+                if s.main:
+                    bar.write(f"early stopping: no improvement in {state.stale} evaluations")
                 break
     bar.close()
     return state
@@ -333,17 +377,22 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
 
 def finish(s: Session, state: LoopState) -> None:
     """The best weights' dev and test metrics in summary.json (their predictions in predictions/),
-    and the training plot."""
+    and the training plot. Every process evaluates its share; the main process writes."""
+    s.accelerator.wait_for_everyone()  # the main process has written the best weights
     s.run.load_best(s.model)
     summary = {"best_step": state.best_step, "train_seconds": state.elapsed, "steps": state.step,
                "skipped_batches": len(state.skipped_steps), "params": s.model.describe()}
     for split in ("dev", "test"):
         predictions: dict = {}
-        results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions)
+        results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions,
+                           s.progress, s.accelerator)
         if results:
             summary[split] = results
             summary[f"{split}_macro"] = macro_score(results, s.tasks)
-            s.run.write_predictions(split, predictions)  # per example: what compare's intervals resample
+            if s.main:
+                s.run.write_predictions(split, predictions)  # per example: what compare's intervals resample
+    if not s.main:
+        return
     s.run.write_summary(summary)
     plot_training(s.run.events(), s.run.plot_path)
     write_run_report(s.run)  # report.html next to training.png
@@ -361,10 +410,10 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
     for _ in range(t.grad_accum):
         indices = s.draws.next(step)
         out.names = list(indices)
-        batches = {n: train_batch(s.data[n], idx, s.pad_id, s.device) for n, idx in indices.items()}
+        batches, factors = local_batches(s, indices)
         want_gram = len(out.names) > 1 and (step + 1) % t.log_every == 0
         result = forward_backward(s.model, s.tasks, batches, s.weighting, t, s.grad_params, want_gram, t.grad_accum,
-                                  s.accelerator)
+                                  s.accelerator, factors)
         if result.bad_task is not None:
             out.fault = ("loss", result.bad_task, indices[result.bad_task])
             break
@@ -374,6 +423,7 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
         for name, loss, w in zip(out.names, result.losses, result.weights):
             state.update_loss(name, loss)
             out.weights[name] = w
+    average_gradients([p for g in s.optimizer.param_groups for p in g["params"]], s.accelerator)
     norm = s.accelerator.clip_grad_norm_(s.model.parameters(), t.grad_clip or math.inf)  # unscaled first (fp16)
     scaled = s.accelerator.scaler is not None  # fp16: an overflow is the scaler's to skip, not a fault
     if out.fault is None and not torch.isfinite(norm) and not scaled:
@@ -389,6 +439,16 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
     return out
 
 
+def local_batches(s: Session, indices: dict[str, list[int]]) -> tuple[dict[str, dict], dict[str, float]]:
+    """This process's slice of each task's global batch (on the device), and the factor that
+    makes its mean loss its share of the global batch's (:func:`polytask.devices.shard`)."""
+    batches, factors = {}, {}
+    for name, idx in indices.items():
+        mine, factors[name] = shard(idx, s.accelerator.process_index, s.accelerator.num_processes)
+        batches[name] = train_batch(s.data[name], mine, s.pad_id, s.device)
+    return batches, factors
+
+
 def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) -> dict:
     """The ``train`` log event: running losses, weights, gradient norms and cosines, examples
     and tokens seen so far per task (as drawn by :class:`StepDraws`)."""
@@ -400,8 +460,8 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
     cosine_every = t.eval_every if t.cosine_every is None else t.cosine_every
     if cos is None and len(s.tasks) > 1 and probe_due(state.step, t.log_every, cosine_every):
         cos_names = list(s.tasks)
-        batches = {n: train_batch(s.data[n], s.draws.probe(n), s.pad_id, s.device) for n in cos_names}
-        gram = probe_gram(s.model, s.tasks, batches, t, s.grad_params)
+        batches, factors = local_batches(s, {n: s.draws.probe(n) for n in cos_names})
+        gram = probe_gram(s.model, s.tasks, batches, t, s.grad_params, s.accelerator, factors)
         cos = cosines(gram)
         event["probe_grad_norm"] = dict(zip(cos_names, gram.diagonal().clamp(min=0).sqrt().tolist()))
     if cos is not None:
@@ -413,22 +473,27 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
 def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
     """Dev metrics; keep the weights if the macro average improved. True: stop early."""
     t = s.cfg.train
-    results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size)
+    results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size, progress=s.progress,
+                       accelerator=s.accelerator)  # the same results on every process
     score = macro_score(results, s.tasks)
     log_event(s, {"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
                   "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()},
                   "main_metric": {n: s.tasks[n].main_metric for n in results}})
     if not results or score > state.best:
         state.best, state.best_step, state.stale = score, state.step, 0
-        s.run.save_best(s.model, {"step": state.step, "dev_macro": score})
+        if s.main:
+            s.run.save_best(s.model, {"step": state.step, "dev_macro": score})
     else:
         state.stale += 1
-    bar.write(format_eval(state.step, results, score, s.tasks))
+    if s.main:
+        bar.write(format_eval(state.step, results, score, s.tasks))
     return bool(t.early_stopping and state.stale >= t.early_stopping)
 
 
 def log_event(s: Session, event: dict) -> None:
-    """Append a train or eval event to metrics.jsonl and hand it to the trackers."""
+    """Append a train or eval event to metrics.jsonl and hand it to the trackers (main process)."""
+    if not s.main:
+        return
     s.run.append_event(event)
     if s.trackers is not None:
         s.trackers.log(event)
@@ -436,7 +501,8 @@ def log_event(s: Session, event: dict) -> None:
 
 def interrupted(s: Session, state: LoopState, signum: int) -> Interrupted:
     name = signal.Signals(signum).name
-    s.run.append_event({"kind": "interrupted", "step": state.step, "signal": name})
+    if s.main:
+        s.run.append_event({"kind": "interrupted", "step": state.step, "signal": name})
     return Interrupted(f"{name} at step {state.step}: checkpoint saved; "
                        f"continue with: polytask train --resume {s.run.path}")
 
@@ -454,24 +520,30 @@ class StepResult:
 
 
 def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], weighting, t,
-                     grad_params, want_gram: bool = False, accum: int = 1, accelerator=None) -> StepResult:
+                     grad_params, want_gram: bool = False, accum: int = 1, accelerator=None,
+                     factors: dict[str, float] | None = None) -> StepResult:
     """One micro-step: forward each task's batch, combine the losses, back-propagate.
 
     The weighting method decides the coefficients (from the Gram matrix of the task gradients
     if it needs them); the architecture's regulariser is added; gradients accumulate in
     ``.grad`` scaled by ``1/accum``. With an ``accelerator``, the forward passes run under its
     autocast (mixed precision) and backward goes through it (fp16 loss scaling); the
-    weighting sees float32 losses and a float32 Gram matrix.
+    weighting sees float32 losses and a float32 Gram matrix. Several processes: ``batches``
+    are this process's slices and ``factors`` their shares (:func:`local_batches`); the losses
+    and the Gram matrix are the global batch's, the same on every process.
     """
     names = list(batches)
     with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
         losses, feats = task_losses(model, tasks, batches)
+    reduce = process_mean(accelerator)
+    if reduce is not None:
+        losses = global_losses(losses, [(factors or {}).get(n, 1.0) for n in names], accelerator)
     for name, loss in zip(names, losses):
         if not torch.isfinite(loss):
             return StepResult([], [], bad_task=name)
     gram = None
     if weighting.needs_grads or want_gram:
-        gram = task_gram(losses, t.grad_space, feats, grad_params)
+        gram = task_gram(losses, t.grad_space, feats, grad_params, reduce)
     total, weights = weighting.combine(torch.stack(losses), names, gram if weighting.needs_grads else None)
     reg = model.arch.regularizer()
     if reg is not None:
@@ -499,17 +571,22 @@ def task_losses(model: MultiTaskModel, tasks: dict, batches: dict[str, dict]) ->
     return losses, feats
 
 
-def probe_gram(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], t, grad_params) -> torch.Tensor:
+def probe_gram(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], t, grad_params,
+               accelerator=None, factors: dict[str, float] | None = None) -> torch.Tensor:
     """(T, T) Gram matrix of the task gradients on one batch per task, without training.
 
     Eval mode (no dropout), so the torch RNG is not consumed and the run's trajectory is the
-    same with or without probes; ``autograd.grad`` leaves ``.grad`` untouched.
+    same with or without probes; ``autograd.grad`` leaves ``.grad`` untouched. Several
+    processes: as in :func:`forward_backward`, the global batch's Gram matrix.
     """
     was_training = model.training
     model.eval()
     try:
         losses, feats = task_losses(model, tasks, batches)
-        return task_gram(losses, t.grad_space, feats, grad_params)
+        reduce = process_mean(accelerator)
+        if reduce is not None:
+            losses = global_losses(losses, [(factors or {}).get(n, 1.0) for n in batches], accelerator)
+        return task_gram(losses, t.grad_space, feats, grad_params, reduce)
     finally:
         model.train(was_training)
 
@@ -529,12 +606,14 @@ def handle_fault(s: Session, state: LoopState, fault, bar) -> None:
     where = (f"non-finite for: {', '.join(culprits[:5])}" if culprits
              else f"first: {first}; no single example is non-finite alone")
     report = f"non-finite {kind} in task '{task}' at step {state.step} (batch of {len(indices)} examples, {where})"
-    s.run.append_event({"kind": "nonfinite", "step": state.step, "what": kind, "task": task, "first_example": first,
-                        "examples": culprits})
+    if s.main:
+        s.run.append_event({"kind": "nonfinite", "step": state.step, "what": kind, "task": task,
+                            "first_example": first, "examples": culprits})
     if cfg.train.on_nonfinite == "stop":
         raise NonFiniteError(report + "; set train.on_nonfinite=skip to skip such batches")
     state.skipped_steps = [s for s in state.skipped_steps if s > state.step - cfg.train.skip_window] + [state.step]
-    bar.write(f"skipped: {report}")
+    if s.main:
+        bar.write(f"skipped: {report}")
     if len(state.skipped_steps) > cfg.train.max_skips:
         raise NonFiniteError(f"{len(state.skipped_steps)} batches skipped within {cfg.train.skip_window} steps "
                              f"(train.max_skips={cfg.train.max_skips}); last: {report}")
@@ -571,23 +650,42 @@ def save_run_files(cfg: Config, run: RunFolder, tasks, tokenizer, backbone) -> N
 
 
 def save_checkpoint(s: Session, state: LoopState) -> None:
+    """Written by the main process; with several processes it holds each one's RNG states (every
+    other state is the same on all of them)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     rng = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
            "python": random.getstate()}
+    if s.device.type == "cuda":  # dropout on a GPU draws from the device's own generator
+        rng["cuda"] = torch.cuda.get_rng_state(s.device)
     tree = {"components": {k: v.state_dict() for k, v in s.stateful.items()}, "loop": state.__dict__, "rng": rng}
-    s.run.save_checkpoint(state.step, s.model, tree, keep=s.cfg.train.keep_checkpoints, config=to_dict(s.cfg))
+    if s.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        tree["processes"] = s.accelerator.num_processes
+        tree["rng_by_process"] = gather_object([rng])  # one per process, by rank
+    if s.main:
+        s.run.save_checkpoint(state.step, s.model, tree, keep=s.cfg.train.keep_checkpoints, config=to_dict(s.cfg))
 
 
-def restore_checkpoint(run: RunFolder, model: torch.nn.Module, stateful: dict) -> LoopState:
+def restore_checkpoint(run: RunFolder, model: torch.nn.Module, stateful: dict, rank: int = 0,
+                       processes: int = 1) -> LoopState:
+    """The state of the run's newest checkpoint; process ``rank`` of ``processes`` takes its own RNG."""
     saved = run.load_checkpoint(model)
+    if saved.get("processes", 1) != processes:
+        raise CheckpointError(f"{run.path}: the checkpoint was trained with {saved.get('processes', 1)} process(es), "
+                              f"this resume runs {processes}; resume with the same number (each step's global "
+                              f"batch and every process's random state depend on it)")
     for key, obj in stateful.items():
         obj.load_state_dict(saved["components"][key])
-    rng = saved["rng"]
+    rng = saved["rng_by_process"][rank] if processes > 1 else saved["rng"]
     torch.set_rng_state(rng["torch"])
     np_state = rng["numpy"]
     np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
     py = rng["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
+    device = module_device(model)
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
     return LoopState(**saved["loop"])
 
 
