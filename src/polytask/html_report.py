@@ -69,14 +69,18 @@ def write_run_report(run) -> Path:
     """Write ``report.html`` next to the run's ``training.png`` (``run``: a RunFolder)."""
     plot_path = Path(run.plot_path)
     png = plot_path.read_bytes() if plot_path.is_file() else None
-    text = render_run(run.events(), run.read_summary(), png, title=Path(run.path).name)
+    affinity = run.read_affinity() if hasattr(run, "read_affinity") else None
+    extra = affinity_section(affinity, run.affinity_plots()) if affinity and "tag" in affinity else None
+    text = render_run(run.events(), run.read_summary(), png, title=Path(run.path).name, extra=extra)
     out = Path(run.report_path)
     atomic_write(out, text.encode())
     return out
 
 
-def render_run(events: list[dict], summary: dict, training_png: bytes | None = None, title: str = "run") -> str:
-    """The run page: training curves, dev metrics per task, task weights, gradient cosines."""
+def render_run(events: list[dict], summary: dict, training_png: bytes | None = None, title: str = "run",
+               extra: list[str] | None = None) -> str:
+    """The run page: training curves, dev metrics per task, task weights, gradient cosines (and
+    ``extra`` sections at the end, e.g. :func:`affinity_section`)."""
     if training_png is None:
         training_png = figure_png(training_figure(events))
     body = [f"<h1>Training report: {html.escape(title)}</h1>",
@@ -91,7 +95,23 @@ def render_run(events: list[dict], summary: dict, training_png: bytes | None = N
         body.append("<p class=\"note\">No gradient cosines were logged (one task, or cosine_every: 0).</p>")
     else:
         body.append(f"<img alt=\"gradient cosine heatmap\" src=\"{data_uri(figure_png(heatmap))}\">")
-    return page(f"polytask report: {title}", body)
+    return page(f"polytask report: {title}", body + list(extra or []))
+
+
+def affinity_section(affinity: dict, pngs: dict[str, bytes]) -> list[str]:
+    """``polytask affinity``'s result (docs/affinity.md): heatmaps, groupings, best partners."""
+    body = ["<h2 id=\"affinity\">Task affinity</h2>",
+            f"<p class=\"note\">TAG lookahead affinity Z[i -&gt; j] (row: task stepped on; column: task whose loss "
+            f"changed) and gradient cosines, averaged over {_cell(affinity['cost'].get('lookaheads'))} lookaheads "
+            f"(every {_cell(affinity.get('every'))} steps).</p>"]
+    for kind, png in pngs.items():
+        body.append(f"<img alt=\"{html.escape(kind)} affinity heatmap\" src=\"{data_uri(png)}\">")
+    rows = [[g["groups"], " | ".join(" + ".join(grp) for grp in g["grouping"]), g["score"], g["search"]]
+            for g in affinity.get("groupings", [])]
+    body.append(table(["groups", "grouping", "score", "search"], rows))
+    partners = [[t, p["partner"], p["affinity"]] for t, p in affinity.get("best_partner", {}).items()]
+    body.append(table(["task", "best partner", "Z[partner -> task]"], partners))
+    return body
 
 
 def metrics_tables(summary: dict, events: list[dict]) -> str:

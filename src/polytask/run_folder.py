@@ -67,6 +67,10 @@ class RunFolder:
                  RESOURCES, PREDICTIONS, CHECKPOINTS)
     # what a finished run folder holds (what ``load`` needs)
     COMPLETE = (CONFIG, VOCAB, WEIGHTS, TOKENIZER, BACKBONE)
+    # ``polytask affinity``: the affinity estimate and its heatmaps (docs/affinity.md)
+    AFFINITY = "affinity.json"
+    AFFINITY_PLOTS = {"tag": "affinity_tag.png", "cosine": "affinity_cosine.png"}
+    RUN_FILES += (AFFINITY, *AFFINITY_PLOTS.values())
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -278,6 +282,22 @@ class RunFolder:
     def read_resources(self) -> dict:
         path = self.path / self.RESOURCES
         return read_json(path) if path.exists() else {}
+
+    # -- task affinity (polytask affinity) ------------------------------------------------------
+    def write_affinity(self, result: dict) -> None:
+        write_json(self.path / self.AFFINITY, result)
+
+    def read_affinity(self) -> dict | None:
+        path = self.path / self.AFFINITY
+        return read_checked_json(path, "run `polytask affinity` again to write it") if path.exists() else None
+
+    def write_affinity_plot(self, kind: str, png: bytes) -> None:
+        """``affinity_<kind>.png`` (kind: tag or cosine)."""
+        atomic_write(self.path / self.AFFINITY_PLOTS[kind], png)
+
+    def affinity_plots(self) -> dict[str, bytes]:
+        """The affinity heatmaps that exist, by kind."""
+        return {k: (self.path / f).read_bytes() for k, f in self.AFFINITY_PLOTS.items() if (self.path / f).is_file()}
 
     # -- training checkpoints (for --resume) ---------------------------------------------------
     def has_checkpoints(self) -> bool:

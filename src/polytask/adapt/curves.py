@@ -1,0 +1,153 @@
+"""Few-shot learning curves: the multi-task encoder vs the plain pretrained backbone.
+
+For each K in ``shots`` and each of ``seeds`` draws (:func:`polytask.adapt.shots.k_shot`; seed
+``cfg.seed + s``), the new task is trained from both start points with the same budget and
+hyper-parameters (the adaptation config's ``train`` section: ``max_steps`` steps of
+``min(batch_size, K)`` examples, the same lr, warm-up and evaluation schedule, the best dev
+step kept) and scored on dev (selection) and test. The method is the few-shot transfer
+protocol of Phang, Fevry & Bowman, "Sentence Encoders on STILTs", 2018 and Aghajanyan et al.,
+"Muppet: Massive Multi-task Representations with Pre-Finetuning", EMNLP 2021: intermediate
+(multi-task) training vs none, at several training-set sizes, mean and spread over seeds.
+
+Writes into ``out_dir``: ``curves.json`` (every run, and mean/std per K and start),
+``curves.md`` (the table) and ``curves.png`` (test metric vs K, log x, mean +- std bands).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from polytask.adapt.core import STARTS, head_cache, head_learner, model_learner, prepare_new, refs_of, start_backbone
+from polytask.adapt.fit import evaluate_split, fit
+from polytask.adapt.shots import k_shot, stratifies
+from polytask.adapt.spec import AdaptError, check_new_name, check_source, check_tune, new_task_config
+from polytask.backbones.layout import hidden_size
+from polytask.files import write_json
+from polytask.predict import Predictor
+
+
+def learning_curves(run_dir: str | Path, task: dict | str | Path, shots: list[int], seeds: int = 3,
+                    tune: str = "head", out_dir: str | Path = "adapt-curves", overrides: list[str] | None = None,
+                    progress: bool = True) -> dict:
+    """Run every (start, K, seed); write the table, the JSON and the plot; returns the JSON."""
+    check_tune(tune)
+    run, src_cfg = check_source(run_dir)
+    new = new_task_config(src_cfg, task, overrides)
+    check_new_name(src_cfg, new)
+    if seeds < 1:
+        raise AdaptError(f"--seeds: expected a positive number, got {seeds}")
+    source = Predictor.load(run.path)
+    td = prepare_new(new.cfg, source.tokenizer)
+    labels = [td.task.reference(e) for e in td.examples["train"]]
+    draws = {(k, s): k_shot(labels, k, new.cfg.seed + s, stratifies(td.task), new.name)
+             for k in sorted(set(shots)) for s in range(seeds)}
+    records = []
+    bar = tqdm(total=len(STARTS) * len(draws), desc=f"curves {new.name}", disable=not progress, dynamic_ncols=True)
+    for start in STARTS:
+        records += start_runs(start, source, new, td, draws, tune, progress, bar)
+    bar.close()
+    result = {"task": new.name, "metric": td.task.main_metric, "tune": tune, "source": str(run.path),
+              "pretrained": new.cfg.model.backbone, "train": vars(new.cfg.train), "runs": records,
+              "summary": summarise(records)}
+    write_outputs(Path(out_dir), result)
+    return result
+
+
+def start_runs(start: str, source: Predictor, new, td, draws: dict, tune: str, progress: bool, bar) -> list[dict]:
+    """Every (K, seed) run from one start point (its encoder states cached once for ``head``)."""
+    t, pad = new.cfg.train, source.pad_id
+    backbone = start_backbone(start, source.model, new.cfg)
+    cache = None
+    if tune == "head":
+        needed = sorted({i for idx in draws.values() for i in idx})
+        cache = head_cache(backbone, td, needed, pad, t.eval_batch_size, progress)
+    refs, out = refs_of(td), []
+    for (k, s), idx in draws.items():
+        seed = new.cfg.seed + s
+        if cache is not None:
+            learner = head_learner(td, hidden_size(backbone), cache, pad, seed)
+        else:
+            learner = model_learner(tune, backbone, td, {}, new.lora, pad, seed)
+        result = fit(learner, td.task, idx, refs, t, seed)
+        row = {"start": start, "k": k, "seed": seed, "best_step": result["best_step"], "seconds": result["seconds"]}
+        for split in ("dev", "test"):
+            metrics = evaluate_split(learner, td.task, refs, split, t.eval_batch_size)
+            row[split] = None if metrics is None else metrics[td.task.main_metric]
+            row[f"{split}_metrics"] = metrics  # every metric of the task, for a closer look
+        out.append(row)
+        bar.update(1)
+    del cache, backbone
+    return out
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Mean and (sample) standard deviation of the main metric per start point and K."""
+    rows = []
+    for start in STARTS:
+        for k in sorted({r["k"] for r in records}):
+            runs = [r for r in records if r["start"] == start and r["k"] == k]
+            row = {"start": start, "k": k, "n": len(runs)}
+            for split in ("dev", "test"):
+                values = [r[split] for r in runs if r[split] is not None]
+                row[f"{split}_mean"] = statistics.fmean(values) if values else None
+                row[f"{split}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+            rows.append(row)
+    return rows
+
+
+def table(result: dict) -> str:
+    """The markdown table: K rows, per split the mean +- std of each start point and their gap."""
+    m = result["metric"]
+    head = (f"| K | dev {m}: multitask | dev {m}: pretrained | test {m}: multitask | test {m}: pretrained "
+            f"| test gain |\n|---|---|---|---|---|---|")
+    by = {(r["start"], r["k"]): r for r in result["summary"]}
+    lines = [head]
+    for k in sorted({r["k"] for r in result["summary"]}):
+        cells = []
+        for split in ("dev", "test"):
+            for start in STARTS:
+                r = by[(start, k)]
+                mean, std = r[f"{split}_mean"], r[f"{split}_std"]
+                cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}")
+        a, b = by[("multitask", k)]["test_mean"], by[("pretrained", k)]["test_mean"]
+        gain = "-" if a is None or b is None else f"{a - b:+.4f}"
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {gain} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Test (else dev) metric vs K, log x, mean +- std bands for both start points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = "test" if any(r["test_mean"] is not None for r in result["summary"]) else "dev"
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for start in STARTS:
+        rows = [r for r in result["summary"] if r["start"] == start and r[f"{split}_mean"] is not None]
+        ks = [r["k"] for r in rows]
+        mean = [r[f"{split}_mean"] for r in rows]
+        std = [r[f"{split}_std"] for r in rows]
+        ax.plot(ks, mean, marker="o", label=f"{start} encoder")
+        ax.fill_between(ks, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples K (log scale)")
+    ax.set_ylabel(f"{split} {result['metric']}")
+    ax.set_title(f"{result['task']}: few-shot transfer (--tune {result['tune']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "curves.json", result)
+    text = table(result)
+    (out / "curves.md").write_text(f"# {result['task']}: multi-task vs pretrained encoder ({result['tune']})\n\n"
+                                   f"{text}\n\nmean ± std over seeds; source run: {result['source']}\n")
+    plot(result, out / "curves.png")
