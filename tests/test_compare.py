@@ -79,7 +79,7 @@ SIZES = {"sentiment": 300, "topic": 100}
 
 
 def test_examples_budget_gives_each_single_task_its_share(tmp_path):
-    raw = two_task_raw("minilm", tmp_path, methods=[
+    raw = two_task_raw("minilm", tmp_path, budget="examples", methods=[
         {"name": "prop"},
         {"name": "famo", "weighting": {"name": "famo"}},
         {"name": "temp", "sampling": {"name": "temperature", "args": {"T": 100}}},
@@ -189,7 +189,7 @@ def mtimes(root):
 @pytest.fixture(scope="module")
 def compared(tiny_backbone, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    raw = two_task_raw(tiny_backbone, out, isolate=False, inference_examples=8,
+    raw = two_task_raw(tiny_backbone, out, isolate=False, inference_examples=8, budget="examples",
                        methods=[{"name": "ew"}, {"name": "uw", "weighting": {"name": "uw"}}])
     raw["train"].update(max_steps=12, eval_every=6, log_every=2)
     lines: list[str] = []
@@ -234,7 +234,9 @@ def test_report_says_whether_each_model_converged(compared):
     for r in runs.values():  # no early stopping configured: every model ran to its cap
         summary = json.loads((root / _folder(r) / "summary.json").read_text())
         assert r["steps"] == r["cap"] == summary["steps"] and r["stopped"] == "at the cap"
-        assert r["still_improving"] == (summary["best_step"] == summary["steps"])
+        # 2 evaluations (steps 6 and 12 of the ew run): still improving unless the best came at the first
+        assert r["evaluations"] == 2 and r["examples"] == (12 * 8 if r["method"] != "single" else r["examples"])
+        assert r["still_improving"] == (r["evaluations_after_best"] < 2)
     report = (root / "report.md").read_text()
     assert "## Did each model converge?" in report and "| steps / cap |" in report
 
@@ -294,7 +296,7 @@ def test_compare_refuses_a_changed_config(compared):
 
 def test_compare_isolated_sub_runs(tiny_backbone, tmp_path):
     """Default mode: each sub-run trains in its own process and records that process's peak memory."""
-    raw = two_task_raw(tiny_backbone, tmp_path, inference_examples=0)
+    raw = two_task_raw(tiny_backbone, tmp_path, inference_examples=0, budget="examples")
     raw["tasks"] = raw["tasks"][:1]
     raw["train"].update(max_steps=4, eval_every=4, log_every=2)
     root = run_compare(from_dict(raw), echo=lambda s: None)

@@ -42,7 +42,8 @@ def test_compare_writes_intervals_and_a_verdict(tiny_backbone, tmp_path):
     from polytask.config import from_dict
     from test_compare import two_task_raw
 
-    raw = two_task_raw(tiny_backbone, tmp_path, isolate=False, inference_examples=0, seeds=[3, 4])
+    raw = two_task_raw(tiny_backbone, tmp_path, isolate=False, inference_examples=0, seeds=[3, 4],
+                       budget="examples")
     raw["train"].update(max_steps=8, eval_every=4, log_every=2)
     root = run_compare(from_dict(raw), echo=lambda *_: None)
     results = json.loads((root / "results.json").read_text())

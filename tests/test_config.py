@@ -75,8 +75,25 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml")) + sorted((REPO / "benchmar
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_yaml_loads(path: Path):
+    raw = yaml.safe_load(path.read_text())
+    if "multitask" in raw:  # a transfer benchmark plan (benchmarks/transfer.py): check each part
+        check_transfer_plan(raw, path)
+        return
     cfg = load_config(path)
     assert cfg.tasks
+
+
+def check_transfer_plan(raw: dict, path: Path) -> None:
+    """The multi-task config, each target task as `polytask adapt` reads it, with the curves'
+    training settings; nothing else at the top level."""
+    from polytask.adapt.spec import new_task_config
+
+    assert set(raw) == {"multitask", "targets", "curves"}, sorted(raw)
+    cfg = from_dict(raw["multitask"], source=str(path))
+    assert len(cfg.tasks) > 1
+    for target in raw["targets"]:
+        new = new_task_config(cfg, {**target, "train": raw["curves"]["train"]})
+        assert [t.name for t in new.cfg.tasks] == [target["name"]]
 
 
 @pytest.mark.parametrize("override, message", [

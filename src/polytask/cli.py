@@ -1,4 +1,5 @@
-"""Command line: ``polytask train | evaluate | predict | serve | check | compare | export | export-adapter | merge-lora``.
+"""Command line: ``polytask train | evaluate | predict | serve | check | compare | affinity | adapt | export |
+export-adapter | merge-lora``.
 
 Each verb is a thin wrapper over a library function; errors become one red line and exit code 2."""
 
@@ -242,28 +243,123 @@ def compare(
     progress: bool = typer.Option(False, help="Show each sub-run's progress bar"),
     plan: bool = typer.Option(False, "--plan", help="Print the sub-runs and their budgets; train nothing"),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from finished sub-runs"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="N consecutive seeds, from the first of "
+                                        "compare.seeds (or the config's seed); replaces compare.seeds"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Sub-runs trained at once, one torch thread each "
+                                       "(compare.jobs; at most one per CPU core)"),
 ) -> None:
     """Did multi-task learning help? Train single-task baselines and the multi-task methods of
     CONFIG (finished sub-runs are reused), then write report.md and plots to the run folder."""
+    import dataclasses
+
     from polytask import compare as cmp
-    from polytask.config import load_config
+    from polytask.config import CompareConfig, load_config
 
     try:
         cfg = load_config(config, overrides or [])
+        if seeds is not None:
+            cfg = cmp.with_seeds(cfg, seeds)
+        if jobs is not None:
+            if jobs < 1:
+                raise PolytaskError(f"--jobs: must be positive, got {jobs}")
+            cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare or CompareConfig(), jobs=jobs))
         if plan:
-            p = cmp.plan_compare(cfg)
-            for r in p.runs:
-                exp = ", ".join(f"{t}={n:.0f}" for t, n in r.budget["expected_examples"].items())
-                state = "finished" if r.finished else "to train"
-                typer.echo(f"{r.key:<32} {r.budget['max_steps']:>6} steps, eval every {r.budget['eval_every']:<5} "
-                           f"examples: {exp}  [{state}]")
-            for note in p.notes:
-                typer.echo(f"note: {note}")
-            typer.echo(f"budget: {p.budget_rule}; folder: {p.root}")
+            _print_compare_plan(cmp.plan_compare(cfg))
             return
         cmp.run_compare(cfg, progress=progress, echo=typer.echo, train_missing=not report_only)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@app.command()
+def affinity(
+    config: Path = typer.Argument(..., help="YAML config file with two or more tasks"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    steps: Optional[int] = typer.Option(None, "--steps",
+                                        help="Training steps of the joint run (default: train.max_steps)"),
+    every: int = typer.Option(10, "--every", help="A lookahead every K steps (cost: T backward + T*(T+1) forward "
+                                                  "passes each)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: the config's output_dir/name)"),
+    lookahead_lr: Optional[float] = typer.Option(None, "--lookahead-lr",
+                                                 help="Lookahead step size (default: train.lr)"),
+    overwrite: bool = typer.Option(False, help="Start over in a run folder that holds another run (clears its files)"),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+) -> None:
+    """Which tasks to train together? One short joint run with a TAG lookahead every K steps:
+    prints the inter-task affinity and gradient-cosine matrices, the best grouping for 1..T-1
+    groups, each task's best partner and the cost; writes affinity.json and heatmaps into the
+    run folder and its report.html (docs/affinity.md)."""
+    from polytask.affinity.run import estimate
+    from polytask.affinity.show import render
+
+    try:
+        result = estimate(config, overrides or [], steps=steps, every=every, out=out, lookahead_lr=lookahead_lr,
+                          progress=progress, overwrite=overwrite)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    from polytask.config import load_config
+
+    where = out if out is not None else load_config(config, overrides or []).run_dir
+    typer.echo(render(result, f"{where}/affinity.json, affinity_tag.png, affinity_cosine.png, report.html"))
+
+
+@app.command()
+def adapt(
+    run_dir: Path = typer.Argument(..., help="A finished multi-task run folder (architecture: hard)"),
+    task: Path = typer.Option(..., "--task", help="NEW.yaml: one task (as an entry of tasks:), optional train: "
+                                                  "and lora: sections (docs/transfer.md)"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    shots: Optional[list[int]] = typer.Option(None, "--shots", help="K-shot learning curves instead of one run: "
+                                              "--shots 16 --shots 64 ... (or --shots 16 64 256)"),
+    seeds: int = typer.Option(3, "--seeds", help="Draws (and seeds) per K for the curves"),
+    tune: str = typer.Option("head", "--tune", help="head: frozen encoder, new head; lora: a new LoRA adapter; "
+                                                    "full: the whole encoder (the run then holds the new task only)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Adapted run folder, or the curves' folder with --shots "
+                                       "(default: RUN_DIR-adapt-NAME / RUN_DIR-curves-NAME)"),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --out"),
+    progress: bool = typer.Option(True, help="Show progress bars"),
+) -> None:
+    """Train a new task on a trained multi-task model's encoder and save it as a run that predict and
+    serve load (old tasks unchanged with head/lora); with --shots, few-shot learning curves of the
+    multi-task encoder vs the plain pretrained backbone (table + plot). See docs/transfer.md."""
+    from polytask.adapt import adapt as run_adapt, learning_curves
+    from polytask.adapt.curves import table
+    from polytask.adapt.spec import read_task_file
+
+    overrides = list(overrides or [])
+    if shots:  # `--shots 16 64 256`: the values after the first arrive as positionals
+        shots = list(shots) + [int(x) for x in overrides if x.isdigit()]
+        overrides = [x for x in overrides if not x.isdigit()]
+    try:
+        name = str(read_task_file(task).get("name", "task"))
+        if shots:
+            where = out or Path(f"{str(run_dir).rstrip('/')}-curves-{name}")
+            result = learning_curves(run_dir, task, shots, seeds, tune, where, overrides, progress)
+            typer.echo(table(result))
+            typer.echo(f"curves: {where}/curves.md, curves.json, curves.png")
+            return
+        where = out or Path(f"{str(run_dir).rstrip('/')}-adapt-{name}")
+        path = run_adapt(run_dir, task, where, tune, overrides, overwrite, progress)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    from polytask.run_folder import RunFolder
+
+    typer.echo(format_summary(RunFolder(path).read_summary()))
+    typer.echo(f"run folder: {path}")
+
+
+def _print_compare_plan(p) -> None:
+    for r in p.runs:
+        exp = ", ".join(f"{t}={n:.0f}" for t, n in r.budget["expected_examples"].items())
+        state = "finished" if r.finished else "to train"
+        point = f" {', '.join(f'{k}={v}' for k, v in r.point.items())}" if r.point else ""
+        cap = "cap " if p.budget_rule == "converge" else ""
+        typer.echo(f"{r.key:<32} {cap}{r.budget['max_steps']:>6} steps, eval every {r.budget['eval_every']:<5} "
+                   f"examples: {exp}{point}  [{state}]")
+    for note in p.notes:
+        typer.echo(f"note: {note}")
+    todo = sum(not r.finished for r in p.runs)
+    typer.echo(f"{len(p.runs)} sub-runs ({todo} to train); budget: {p.budget_rule}; folder: {p.root}")
 
 
 @app.command("export")

@@ -148,13 +148,20 @@ class MethodConfig:
 class CompareConfig:
     """``polytask compare``: single-task baselines vs multi-task methods, over seeds.
 
-    See docs/compare.md. ``budget: examples`` gives each single-task model as many examples of
+    See docs/compare.md. ``budget: converge`` (default) trains every model with early stopping on
+    its dev score (patience ``train.early_stopping``; default: the evaluations of one
+    equal-examples budget) up to ``cap_factor`` times its
+    equal-examples budget; ``budget: examples`` gives each single-task model as many examples of
     its task as the base multi-task config shows it (and methods that draw every task each
     step get proportionally fewer steps); ``budget: steps`` gives every model ``train.max_steps``.
+    ``grid`` (``{train.lr: [1e-5, 3e-5]}``) trains every model at every point, each chosen on dev.
     """
 
     seeds: list[int] | None = None  # default: [seed]
-    budget: Literal["examples", "steps"] = "examples"
+    budget: Literal["converge", "examples", "steps"] = "converge"
+    cap_factor: float = 3.0  # budget converge: the step cap is this multiple of the examples budget
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # override key -> values, same for every model
+    jobs: int = 1  # sub-runs trained at once, each in its own process with 1 torch thread (jobs > 1)
     methods: list[MethodConfig] = field(default_factory=list)  # default: one method, the base config
     single_overrides: list[str] = field(default_factory=list)  # applied to single-task runs only
     isolate: bool = True  # each sub-run in a fresh process (exact peak memory, memory returned)
@@ -413,6 +420,10 @@ def _check_ranges(cfg: Config, source: str) -> None:
                          f"tasks[{i}].data.max_eval": (task.data.max_eval, 1)})
     if cfg.compare is not None:
         at_least["compare.inference_examples"] = (cfg.compare.inference_examples, 0)
+        at_least["compare.jobs"] = (cfg.compare.jobs, 1)
+    if cfg.compare is not None and not (math.isfinite(cfg.compare.cap_factor) and cfg.compare.cap_factor >= 1):
+        raise ConfigError(f"{source}: compare.cap_factor: must be a number >= 1 (the cap is that many times the "
+                          f"equal-examples steps), got {cfg.compare.cap_factor}")
     for key, (value, low) in at_least.items():
         if value is not None and value < low:
             rule = "must be positive" if low == 1 else f"must be >= {low}"

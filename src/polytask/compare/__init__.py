@@ -30,33 +30,42 @@ Layout of the compare folder ``output_dir/name``::
 The parts:
 
 * :mod:`~polytask.compare.prepared` -- the comparison's data, read once and passed around;
-* :mod:`~polytask.compare.plan` -- sub-runs, budgets (``examples`` or ``steps``), config checks;
-* :mod:`~polytask.compare.run` -- training the missing sub-runs (isolated, resumable), measured;
+* :mod:`~polytask.compare.plan` -- sub-runs, budgets (``converge``, ``examples`` or ``steps``), the
+  tuning grid's points, ``--seeds``, config checks;
+* :mod:`~polytask.compare.run` -- training the missing sub-runs (isolated, resumable, ``jobs`` at
+  once), measured;
+* :mod:`~polytask.compare.grid` -- each model's grid point, chosen on dev;
+* :mod:`~polytask.compare.chance` -- chance levels, chance-corrected scores, near-chance baselines;
 * :mod:`~polytask.compare.accounting` -- examples and tokens seen (replayed), throughput;
 * :mod:`~polytask.compare.serving` -- the measured serving cost;
 * :mod:`~polytask.compare.results` -- every number of the report (``results.json``), with the
   arithmetic in :mod:`~polytask.compare.stats` and the bootstrap intervals and verdict in
   :mod:`~polytask.compare.uncertainty`;
-* :mod:`~polytask.compare.report` and :mod:`~polytask.compare.plots` -- ``report.md`` and plots.
+* :mod:`~polytask.compare.report`, :mod:`~polytask.compare.report_checks` and
+  :mod:`~polytask.compare.plots` -- ``report.md`` and plots.
 
 Checkpoints are selected on dev only; test is evaluated once, at the end. Rerunning the same
 command trains only what is missing (see :mod:`polytask.compare.run`).
 """
 
 from polytask.compare.accounting import account, replay, steps_done, throughput, train_lengths
+from polytask.compare.chance import chance_level, corrected, gain, near_chance
+from polytask.compare.grid import choose
 from polytask.compare.plan import (SINGLE, Plan, SubRun, check_finished, config_differences, exposure,
-                                   n_evaluations, plan_compare, plan_json, weighting_class, with_overrides)
+                                   default_patience, grid_points, n_evaluations, plan_compare, plan_json, weighting_class,
+                                   with_overrides, with_seeds)
 from polytask.compare.prepared import Prepared
 from polytask.compare.plots import write_report
 from polytask.compare.report import best_on_dev, format_table, render_markdown, verdicts
-from polytask.compare.results import collect, environment
+from polytask.compare.results import collect, convergence, ending, environment, positive_labels
 from polytask.compare.stats import delta_m_defined, mean_std, relative_changes
 from polytask.compare.uncertainty import bootstrap, percentile_interval, verdict
 from polytask.compare.run import run_compare, run_job, run_subrun, train_measured
 from polytask.compare.serving import measure_inference
 
 __all__ = [
-    "SINGLE", "Plan", "Prepared", "SubRun", "account", "best_on_dev", "bootstrap", "percentile_interval", "verdict", "check_finished", "collect",
+    "SINGLE", "default_patience", "Plan", "Prepared", "SubRun", "account", "chance_level", "choose", "convergence",
+    "corrected", "ending", "gain", "grid_points", "near_chance", "positive_labels", "with_seeds", "best_on_dev", "bootstrap", "percentile_interval", "verdict", "check_finished", "collect",
     "config_differences", "delta_m_defined", "environment", "exposure", "format_table", "mean_std",
     "measure_inference", "n_evaluations", "plan_compare", "plan_json", "relative_changes", "render_markdown",
     "replay", "run_compare", "run_job", "run_subrun", "steps_done", "throughput", "train_lengths",

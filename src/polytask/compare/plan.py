@@ -7,19 +7,29 @@ through the raw form is :func:`with_overrides`, since ``a.b=c`` strings address 
 
 Budgets (``compare.budget``):
 
-* ``examples`` (default): single-task model t gets ``round(max_steps * p_t)`` steps, ``p_t`` the
+* ``converge`` (default): every model trains until its dev score has not improved for
+  ``train.early_stopping`` evaluations (default: :func:`default_patience`, the evaluations of a
+  whole equal-examples budget), up to a cap of
+  ``compare.cap_factor`` (default 3) times its ``examples`` budget in steps; dev evaluations
+  come as often as under ``examples``, so the cap allows ``cap_factor`` times as many.
+* ``examples``: single-task model t gets ``round(max_steps * p_t)`` steps, ``p_t`` the
   base sampler's mean probability of t (:func:`exposure`), so it sees as many examples of t as
   the base multi-task model; a method's steps are scaled so that its total number of training
   examples equals the base's (unless its overrides set ``train.max_steps``).
 * ``steps``: every model runs ``train.max_steps`` steps.
 
 ``eval_every`` is scaled with the steps so that every model gets the same number of dev
-evaluations. :func:`check_finished` refuses a finished sub-run trained with another config.
+evaluations. ``compare.grid`` (``{key: [values]}``) is applied to the base config before
+planning, one point at a time, so every model -- single- and multi-task -- is trained at every
+point with the same budget rule (folders ``seed<S>_g<i>``); :mod:`polytask.compare.grid` picks
+each model's point on dev. :func:`check_finished` refuses a finished sub-run trained with another
+config.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -33,6 +43,9 @@ from polytask.errors import ConfigError
 from polytask.run_folder import RunFolder
 
 SINGLE = "single"
+# grid keys that would change what a budget means or where a run goes: not allowed in compare.grid
+_NOT_IN_GRID = ("compare", "name", "output_dir", "data_dir", "seed", "tasks", "train.max_steps", "train.eval_every",
+                "train.early_stopping", "train.batch_size", "train.grad_accum")
 # keys that locate a run rather than define it: they may differ between a finished sub-run and
 # today's plan (e.g. the data moved) without making its numbers stale
 _LOCATION_KEYS = frozenset({"data_dir", "output_dir", "name", "train.num_threads", "compare"})
@@ -47,6 +60,8 @@ class SubRun:
     seed: int
     cfg: Config
     budget: dict[str, Any] = field(default_factory=dict)
+    point: dict[str, Any] = field(default_factory=dict)  # the compare.grid point ({} without a grid)
+    grid_index: int | None = None  # its index in Plan.grid (None without a grid)
 
     @property
     def run_dir(self) -> Path:
@@ -58,7 +73,8 @@ class SubRun:
 
     @property
     def key(self) -> str:
-        return f"{SINGLE}/{self.task}/seed{self.seed}" if self.method == SINGLE else f"{self.method}/seed{self.seed}"
+        key = f"{SINGLE}/{self.task}/seed{self.seed}" if self.method == SINGLE else f"{self.method}/seed{self.seed}"
+        return key if self.grid_index is None else f"{key}/g{self.grid_index}"
 
     @property
     def finished(self) -> bool:
@@ -77,6 +93,7 @@ class Plan:
     sizes: dict[str, int]
     runs: list[SubRun]
     notes: list[str] = field(default_factory=list)
+    grid: list[dict[str, Any]] = field(default_factory=list)  # compare.grid's points ([] without a grid)
 
     def select(self, method: str, seed: int | None = None) -> list[SubRun]:
         return [r for r in self.runs if r.method == method and (seed is None or r.seed == seed)]
@@ -109,6 +126,13 @@ def exposure(cfg: Config, sizes: dict[str, int]) -> dict[str, float]:
     stride = max(1, steps // 1000)  # the mean over at most ~1000 points is plenty
     probs = torch.stack([sampler.probabilities(s, steps) for s in range(0, steps, stride)]).mean(0)
     return {n: float(per_step * p) for n, p in zip(names, probs.tolist())}
+
+
+def default_patience(train: TrainConfig) -> int:
+    """Budget converge without ``train.early_stopping``: the number of dev evaluations in one
+    equal-examples budget. The earliest stop is then at evaluation ``1 + patience``, after the
+    whole budget: no model under ``converge`` trains on less than under ``examples``."""
+    return n_evaluations(train.max_steps, train.eval_every)
 
 
 def n_evaluations(steps: int, eval_every: int) -> int:
@@ -156,13 +180,49 @@ def plan_compare(cfg: Config, sizes: dict[str, int] | None = None, prepared: Pre
     methods = _methods(cc)
     if sizes is None:
         sizes = (prepared or Prepared(cfg, splits=("train",))).sizes
-    planner = _Planner(copy.deepcopy(replace(cfg, compare=None)), sizes, cc, cfg.run_dir)
+    base = copy.deepcopy(replace(cfg, compare=None))
+    points = grid_points(cc)
+    planners = [_Planner(with_overrides(base, _point_overrides(p), f"compare.grid point {p}"), sizes, cc,
+                         cfg.run_dir, (p, i) if cc.grid else None) for i, p in enumerate(points)]
     runs: list[SubRun] = []
     for seed in seeds:
-        runs += [planner.single(t.name, seed) for t in cfg.tasks]  # (a) single-task baselines
-        runs += [planner.method(m, seed) for m in methods]  # (b) multi-task methods
+        for planner in planners:
+            runs += [planner.single(t.name, seed) for t in cfg.tasks]  # (a) single-task baselines
+            runs += [planner.method(m, seed) for m in methods]  # (b) multi-task methods
+    notes = list(dict.fromkeys(n for planner in planners for n in planner.notes))
     return Plan(cfg, cfg.run_dir, [t.name for t in cfg.tasks], seeds, [m.name for m in methods], cc.budget,
-                sizes, runs, planner.notes)
+                sizes, runs, notes, points if cc.grid else [])
+
+
+def grid_points(cc: CompareConfig) -> list[dict[str, Any]]:
+    """Every combination of ``compare.grid``'s values (``[{}]`` without a grid), in order."""
+    for key, values in cc.grid.items():
+        if any(key == k or key.startswith(k + ".") for k in _NOT_IN_GRID):
+            raise ConfigError(f"compare.grid: '{key}' cannot be tuned (it sets the budget or where runs go); "
+                              f"grid keys are override keys such as train.lr or train.weight_decay")
+        if not values:
+            raise ConfigError(f"compare.grid.{key}: give at least one value")
+    keys = list(cc.grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(cc.grid[k] for k in keys))]
+
+
+def _point_overrides(point: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in point.items()]
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """``train.lr=3e-05, train.weight_decay=0.1``: a grid point as the report shows it."""
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "(no grid)"
+
+
+def with_seeds(cfg: Config, n: int) -> Config:
+    """``cfg`` with ``n`` consecutive seeds (``--seeds N``): starting at the first of
+    ``compare.seeds`` when it is set, else at the config's ``seed``."""
+    if n < 1:
+        raise ConfigError(f"--seeds: must be positive, got {n}")
+    cc = cfg.compare or CompareConfig()
+    first = cc.seeds[0] if cc.seeds else cfg.seed
+    return replace(cfg, compare=replace(cc, seeds=list(range(first, first + n))))
 
 
 def _seeds(cfg: Config, cc: CompareConfig) -> list[int]:
@@ -188,11 +248,16 @@ def _methods(cc: CompareConfig) -> list[MethodConfig]:
 class _Planner:
     """Builds the sub-run configs from the base config (without its compare section)."""
 
-    def __init__(self, base: Config, sizes: dict[str, int], cc: CompareConfig, root: Path):
-        self.base, self.sizes, self.cc, self.root = base, sizes, cc, root
+    def __init__(self, base: Config, sizes: dict[str, int], cc: CompareConfig, root: Path,
+                 point: tuple[dict[str, Any], int] | None = None):
+        self.base, self.sizes, self.cc, self.root, self.point = base, sizes, cc, root, point
         self.notes: list[str] = []
         t = base.train
         self.evals = n_evaluations(t.max_steps, t.eval_every)  # every model gets as many evaluations
+        self.patience = t.early_stopping or default_patience(t)
+        if cc.budget == "converge" and not t.early_stopping:
+            self.notes.append(f"budget converge: train.early_stopping is unset, patience {self.patience} evaluations "
+                              "(those of one equal-examples budget)")
         self.base_exp = exposure(base, sizes)
         self.base_total = sum(self.base_exp.values())
 
@@ -200,11 +265,12 @@ class _Planner:
         """Plain fine-tuning of one task: hard sharing with one head, unweighted loss."""
         t = self.base.train
         steps = t.max_steps
-        if self.cc.budget == "examples":
+        if self.cc.budget in ("examples", "converge"):
             steps = max(1, round(t.max_steps * self.base_exp[task] / (t.batch_size * t.grad_accum)))
         every = _eval_every_for(steps, self.evals)
-        train = replace(t, max_steps=steps, eval_every=every, log_every=min(t.log_every, every),
-                        checkpoint_every=None if t.checkpoint_every is None else every)
+        train = replace(t, max_steps=self._cap(steps), eval_every=every, log_every=min(t.log_every, every),
+                        checkpoint_every=None if t.checkpoint_every is None else every,
+                        early_stopping=self.patience if self.cc.budget == "converge" else t.early_stopping)
         cfg = replace(self.base, tasks=[self.base.task(task)], train=train, architecture=ComponentConfig("hard"),
                       weighting=ComponentConfig("equal"), sampling=ComponentConfig("proportional"))
         what = f"single-task run '{task}'"
@@ -224,7 +290,7 @@ class _Planner:
         steps = self.base.train.max_steps
         t = probe.train
         m_steps = t.max_steps
-        if self.cc.budget == "examples" and not _sets_key(m.overrides, "train.max_steps"):
+        if self.cc.budget in ("examples", "converge") and not _sets_key(m.overrides, "train.max_steps"):
             total = sum(exposure(probe, self.sizes).values())
             m_steps = max(1, round(steps * self.base_total / total))
             if m_steps != t.max_steps:
@@ -236,13 +302,25 @@ class _Planner:
         if m_steps != steps and not _sets_key(m.overrides, "train.eval_every"):
             every = _eval_every_for(m_steps, self.evals)  # the same number of dev evaluations
             t = replace(t, eval_every=every, log_every=min(probe.train.log_every, every))
+        if self.cc.budget == "converge":
+            t = replace(t, max_steps=self._cap(t.max_steps), early_stopping=self.patience)
         return t
+
+    def _cap(self, steps: int) -> int:
+        """Budget converge: the step cap, ``cap_factor`` x the equal-examples steps (rounded up)."""
+        return math.ceil(steps * self.cc.cap_factor) if self.cc.budget == "converge" else steps
 
     def _sub_run(self, method: str, task: str | None, seed: int, cfg: Config, folder: Path, what: str) -> SubRun:
         # a deep copy: no sub-run config shares a mutable part with the base or another sub-run
-        cfg = replace(copy.deepcopy(cfg), seed=seed, output_dir=str(folder), name=f"seed{seed}")
+        suffix = "" if self.point is None else f"_g{self.point[1]}"
+        cfg = replace(copy.deepcopy(cfg), seed=seed, output_dir=str(folder), name=f"seed{seed}{suffix}")
         validate(cfg, what)
-        return SubRun(method, task, seed, cfg, _budget(cfg, self.sizes))
+        budget = _budget(cfg, self.sizes)
+        if self.cc.budget == "converge":
+            budget["examples_budget_steps"] = math.floor(cfg.train.max_steps / self.cc.cap_factor + 1e-9)  # exact: f >= 1
+        if self.point is None:
+            return SubRun(method, task, seed, cfg, budget)
+        return SubRun(method, task, seed, cfg, budget, dict(self.point[0]), self.point[1])
 
 
 def _budget(cfg: Config, sizes: dict[str, int]) -> dict[str, Any]:
@@ -257,8 +335,8 @@ def _budget(cfg: Config, sizes: dict[str, int]) -> dict[str, Any]:
 
 def plan_json(plan: Plan) -> dict:
     return {"name": plan.cfg.name, "tasks": plan.tasks, "seeds": plan.seeds, "methods": plan.methods,
-            "budget": plan.budget_rule, "train_sizes": plan.sizes, "notes": plan.notes,
-            "runs": [{"key": r.key, "method": r.method, "task": r.task, "seed": r.seed,
+            "budget": plan.budget_rule, "train_sizes": plan.sizes, "notes": plan.notes, "grid": plan.grid,
+            "runs": [{"key": r.key, "method": r.method, "task": r.task, "seed": r.seed, "point": r.point,
                       "run_dir": str(r.run_dir), **r.budget} for r in plan.runs]}
 
 

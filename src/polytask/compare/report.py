@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from polytask.compare import report_checks as rc
+from polytask.compare.markdown import finite, fmt, md_table as _md_table
 from polytask.compare.plan import SINGLE
 
 TARGET_DELTA = 1.0  # percent: "multi-task helped" means Delta-m above this ...
@@ -20,21 +22,6 @@ REPORT = "report.md"
 
 # ---------------------------------------------------------------------------------------------
 # Formatting helpers
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt(ms: dict | None, digits: int = 4, pct: bool = False) -> str:
-    """``mean ± std`` (just the mean with one seed); ``n/a`` when missing."""
-    if not ms or not finite(ms.get("mean")):
-        return "n/a"
-    sign = "+" if pct and ms["mean"] > 0 else ""
-    text = f"{sign}{ms['mean']:.{digits}f}"
-    if ms.get("n", 1) > 1 and finite(ms.get("std")):
-        text += f" ± {ms['std']:.{digits}f}"
-    return text + ("%" if pct else "")
 
 
 def _num(x: Any, digits: int = 0) -> str:
@@ -126,6 +113,11 @@ def format_table(results: dict) -> str:
                    f"worst task {v['worst_task']} {v['worst_change']:+.1f}%; "
                    f"target Delta-m > +{TARGET_DELTA:g}% with no task below {WORST_TASK:g}%: "
                    f"{'met' if v['meets_target'] else 'not met'})")
+    for m, iv in (results.get("intervals") or {}).items():
+        if iv and iv.get("delta_m"):
+            lo, hi = iv["delta_m"]
+            out.append(f"verdict {m}: {iv['verdict']} (from the {100 * iv['level']:.0f}% interval of "
+                       f"{iv.get('verdict_from', 'Delta-m')}; Delta-m interval [{lo:+.2f}, {hi:+.2f}]%)")
     if results.get("missing"):
         out.append(f"unfinished sub-runs (not in the table): {', '.join(results['missing'])}")
     return "\n".join(out)
@@ -133,12 +125,6 @@ def format_table(results: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Markdown: one function per section
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out + [""]
 
 
 def _md_header(results: dict) -> list[str]:
@@ -169,12 +155,19 @@ def _md_verdict(results: dict) -> list[str]:
         status = "meets" if d["meets_target"] else "does not meet"
         worst = f"worst task {d['worst_task']} {d['worst_change']:+.1f}%" if d["worst_task"] else "worst task n/a"
         below = f"; below {WORST_TASK:g}%: {', '.join(d['below'])}" if d["below"] else ""
-        L.append(f"- **{m}**: test Delta-m {_delta(results, m, 'test')} (dev {_delta(results, m, 'dev')}); "
+        iv = (results.get("intervals") or {}).get(m)
+        sure = (f" **{iv['verdict']}** by the {100 * iv['level']:.0f}% interval of {iv.get('verdict_from', 'Delta-m')};"
+                if iv else "")
+        L.append(f"- **{m}**:{sure} test Delta-m {_delta(results, m, 'test')} (dev {_delta(results, m, 'dev')}); "
                  f"{worst}{below}; {status} the target (Delta-m > +{TARGET_DELTA:g}%, no task below "
                  f"{WORST_TASK:g}%).")
     best = best_on_dev(results)
     if best:
         L.append(f"- Chosen on dev Delta-m: **{best}** (its test Delta-m: {v[best]['test']:+.2f}%).")
+    improving = [r["run"] for r in results.get("convergence") or [] if r.get("still_improving")]
+    if improving:
+        L.append(f"- **Provisional:** {len(improving)} of {len(results['convergence'])} models were still improving "
+                 "at their step cap (see \"Did each model converge?\"); their scores are lower bounds.")
     L += ["", "Delta-m (Maninis et al., 2019) is the mean over tasks of the signed relative change of the "
           "main metric against the single-task model of the same seed, in percent (sign flipped for "
           "lower-is-better metrics); mean ± std over seeds. Positive means multi-task learning helped.", ""]
@@ -260,7 +253,15 @@ def _md_serving_cost(results: dict) -> list[str]:
 def _md_budget_rule(results: dict) -> list[str]:
     base, n = results["base"], len(results["tasks"])
     per_step = base["batch_size"] * base["grad_accum"]
-    if results["budget_rule"] == "examples":
+    if results["budget_rule"] == "converge":
+        rule = ("Rule: **converged models** (the default). Every model, single- and multi-task, trains until its dev "
+                f"score has not improved for {base.get('patience') or base['early_stopping']} evaluations, up to a "
+                f"step cap of {base.get('cap_factor', '?')}x its equal-examples budget (below); dev evaluations come "
+                "as often as under that budget. The base multi-task config "
+                f"({base['max_steps']} steps of {per_step} examples, sampling `{base['sampling']['name']}`) sets the "
+                "equal-examples budget: each single-task model's share of its task's examples, a method's steps "
+                "scaled to the same total. See \"Did each model converge?\" for how each one ended.")
+    elif results["budget_rule"] == "examples":
         rule = ("Rule: **same number of training examples per task.** The base multi-task config "
                 f"({base['max_steps']} steps of {per_step} examples, sampling `{base['sampling']['name']}`, "
                 f"weighting `{base['weighting']['name']}`) fixes how many examples of each task are seen; each "
@@ -273,9 +274,11 @@ def _md_budget_rule(results: dict) -> list[str]:
                 f"steps of {per_step} examples: the {n} single-task models together train on about {n}x the "
                 "examples of one multi-task model (a method that draws every task in every step sees one batch "
                 "per task per step; see the examples-seen table).")
-    stop = base["early_stopping"]
+    converge = results["budget_rule"] == "converge"
+    stop = base.get("patience") if converge else base["early_stopping"]
+    within = f" within the equal-examples budget (up to {base.get('cap_factor')}x as many before the cap)" if converge else ""
     return ["## Budget", "", rule, "",
-            f"Same early-stopping rule for every model: {base['evaluations']} dev evaluations over a run "
+            f"Same early-stopping rule for every model: {base['evaluations']} dev evaluations{within} "
             f"(eval_every scaled with the run's steps), early stopping after "
             f"{stop if stop else 'never (off)'}{' evaluations without improvement' if stop else ''}; the checkpoint "
             "is chosen on dev (macro average of the run's tasks), test is touched once at the end.", ""]
@@ -312,46 +315,9 @@ def _md_plots(plots: dict[str, str]) -> list[str]:
                 "`mtl/<method>/seed<S>/training.png`; all numbers: `results.json`.", ""]
 
 
-def _md_convergence(results: dict) -> list[str]:
-    runs = results.get("convergence") or []
-    if not runs:
-        return []
-    L = ["## Did each model converge?", "",
-         "Each sub-run stops early when its dev score has not improved for `train.early_stopping` "
-         "evaluations, else at its step cap. A model whose best dev score came at its last evaluation, at "
-         "the cap, was still improving: its numbers are a lower bound.", ""]
-    rows = [[r["run"], f"{r['steps']} / {r['cap']}", str(r["best_step"]), r["stopped"],
-             "**still improving**" if r["still_improving"] else ""] for r in runs]
-    L += _md_table(["sub-run", "steps / cap", "best step", "stopped", ""], rows)
-    flagged = [r["run"] for r in runs if r["still_improving"]]
-    if flagged:
-        L += [f"Still improving at the cap: {', '.join(flagged)}. Raise `train.max_steps` (or use "
-              "`compare.budget: steps`) before reading their comparison as final.", ""]
-    return L
-
-
-def _md_intervals(results: dict) -> list[str]:
-    intervals = {m: v for m, v in (results.get("intervals") or {}).items() if v}
-    if not intervals:
-        return []
-    any_iv = next(iter(intervals.values()))
-    L = [f"## How sure? {100 * any_iv['level']:.0f}% intervals (test)", "",
-         f"Paired bootstrap over seeds and test examples ({any_iv['resamples']} resamples; "
-         "`polytask.compare.uncertainty`). The verdict is read from the Delta-m interval: helped if it is "
-         "above 0, hurt if below, else no measurable difference.", ""]
-    tasks = results["tasks"]
-    rows = []
-    for m, iv in intervals.items():
-        dm = iv["delta_m"]
-        cells = [f"[{a:+.1f}, {b:+.1f}]" for a, b in (iv["per_task"].get(t, (math.nan, math.nan)) for t in tasks)]
-        rows.append([m, "-" if dm is None else f"[{dm[0]:+.2f}, {dm[1]:+.2f}]", f"**{iv['verdict']}**", *cells])
-    L += _md_table(["method", "Delta-m % interval", "verdict", *[f"{t} rel. change %" for t in tasks]], rows)
-    return L
-
-
 def render_markdown(results: dict, plots: dict[str, str]) -> str:
-    sections = (_md_header(results), _md_verdict(results), _md_intervals(results), _md_results(results),
-                _md_convergence(results),
-                _md_training_cost(results),
+    sections = (_md_header(results), _md_verdict(results), rc.md_intervals(results), _md_results(results),
+                rc.md_chance(results), rc.md_positive_labels(results), rc.md_convergence(results),
+                rc.md_grid(results), _md_training_cost(results),
                 _md_serving_cost(results), _md_budget_rule(results), _md_budget_tables(results), _md_plots(plots))
     return "\n".join(line for section in sections for line in section)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from polytask.compare.accounting import account
+from polytask.compare.chance import corrected_scores, gain, near_chance
+from polytask.compare.grid import choose
 from polytask.compare.stats import delta_m_defined, mean_std, relative_changes
-from polytask.compare.uncertainty import bootstrap
-from polytask.compare.plan import SINGLE, Plan, SubRun, n_evaluations
+from polytask.compare.uncertainty import bootstrap, chance_levels
+from polytask.compare.plan import SINGLE, Plan, SubRun, default_patience, n_evaluations
 from polytask.compare.prepared import Prepared
 from polytask.config import CompareConfig, Config, to_dict
 
@@ -46,12 +48,16 @@ class _Finished:
         finished = [r for r in plan.runs if r.finished]
         if finished and prepared is None:
             prepared = Prepared(plan.cfg, splits=("train",))
+        self._accounts: dict[str, dict] = {}
         for r in finished:
-            acc = account(r, prepared)
+            acc = self._accounts[r.key] = account(r, prepared)
             if r.method == SINGLE:
                 self.runs[SINGLE].setdefault(r.seed, {})[r.task] = acc
             else:
                 self.runs[r.method][r.seed] = acc
+
+    def account(self, run: SubRun) -> dict:
+        return self._accounts[run.key]
 
     def parts(self, method: str, seed: int) -> list[dict] | None:
         """The accounts making up one model (all T for single-task) of a seed; None if incomplete."""
@@ -72,43 +78,99 @@ class _Finished:
 
 def collect(plan: Plan, inference: dict[str, Any] | None = None,
             prepared: Prepared | None = None) -> dict[str, Any]:
-    """Every number of the report, from the finished sub-runs (JSON-ready)."""
+    """Every number of the report, from the finished sub-runs (JSON-ready).
+
+    With a ``compare.grid``, each model's grid point is chosen on dev first
+    (:func:`polytask.compare.grid.choose`); everything else covers the chosen points only.
+    """
+    full = plan
+    plan, choices = choose(plan)
     done = _Finished(plan, prepared)
-    table, delta = _tables(done)
+    chance = {split: chance_levels(plan, split) for split in ("dev", "test")}
+    table, delta = _tables(done, chance)
+    flagged = delta_flagged(delta, "test")
+    single_corrected = {split: corrected_scores({t: table[SINGLE][split][t]["mean"] for t in plan.tasks},
+                                                chance[split], done.hib) for split in ("dev", "test")}
+    return {"grid": {"points": plan.grid, "choices": choices}, "chance": chance, "single_corrected": single_corrected,
+            "positive_labels": positive_labels(plan), **_collect_rest(plan, full, done, table, delta, inference),
+            "intervals": {m: bootstrap(plan, m, done.hib, chance=chance["test"], flagged=flagged.get(m, []))
+                          for m in plan.methods}}
+
+
+def delta_flagged(delta: dict[str, Any], split: str) -> dict[str, list[str]]:
+    """Per method, the tasks whose single-task baseline is near chance on ``split``."""
+    return {m: d.get(split, {}).get("near_chance", []) for m, d in delta.items()}
+
+
+def _collect_rest(plan: Plan, full: Plan, done: "_Finished", table: dict, delta: dict,
+                  inference: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "name": plan.cfg.name, "tasks": plan.tasks, "metric": done.metric, "higher_is_better": done.hib,
         "seeds": plan.seeds, "methods": plan.methods, "budget_rule": plan.budget_rule,
         "train_sizes": plan.sizes, "notes": plan.notes, "base": _base_description(plan.cfg),
         "method_settings": _method_settings(plan),
         "table": table, "delta_m": delta, "efficiency": _efficiency(done), "budgets": _budgets(plan),
-        "inference": inference or {}, "curves": _curves(done), "convergence": convergence(plan),
-        "intervals": {m: bootstrap(plan, m, done.hib) for m in plan.methods},
-        "missing": [r.key for r in plan.runs if not r.finished],
-        "resumed": [r.key for r in plan.runs if r.finished and _resumed(r)],
+        "inference": inference or {}, "curves": _curves(done), "convergence": convergence(plan, done),
+        "missing": [r.key for r in full.runs if not r.finished],
+        "resumed": [r.key for r in full.runs if r.finished and _resumed(r)],
         "load_during_training": _load_range(done),
         "environment": environment(), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
 
-def convergence(plan: Plan) -> list[dict[str, Any]]:
-    """How each finished sub-run ended: stopped early (patience ran out) or at its step cap, and,
-    at the cap, whether its best dev score came at the very last evaluation (still improving:
-    its scores are a lower bound, and a comparison against it flatters the other side)."""
+STILL_IMPROVING_LAST = 2  # best dev score at one of a capped run's last 2 evaluations: still improving
+
+
+def convergence(plan: Plan, done: "_Finished | None" = None) -> list[dict[str, Any]]:
+    """How each finished sub-run ended, with its optimizer steps and examples seen side by side.
+
+    ``stopped``: "early" when patience (``train.early_stopping`` evaluations without improvement)
+    ran out, even at the last step; else "at the cap". A run at the cap whose best dev score came
+    at one of its last :data:`STILL_IMPROVING_LAST` evaluations is flagged ``still_improving``:
+    its scores are a lower bound, and a comparison against it flatters the other side.
+    """
+    done = done or _Finished(plan, None)
     out = []
     for r in plan.runs:
         if not r.finished:
             continue
-        summary = r.folder.read_summary()
-        steps, cap = int(summary.get("steps", 0)), int(r.budget["max_steps"])
-        at_cap = steps >= cap
-        out.append({"run": r.key, "method": r.method, "task": r.task, "seed": r.seed, "steps": steps, "cap": cap,
-                    "best_step": summary.get("best_step"), "stopped": "at the cap" if at_cap else "early",
-                    "still_improving": at_cap and summary.get("best_step") == steps})
+        acc = done.account(r)
+        end = ending(int(acc["steps"]), int(r.budget["max_steps"]), acc["summary"].get("best_step"),
+                     [p["step"] for p in acc["curve"]], r.cfg.train.early_stopping)
+        out.append({"run": r.key, "method": r.method, "task": r.task, "seed": r.seed,
+                    "examples": sum(acc["examples_seen"].values()), **end})
     return out
 
 
-def _tables(done: _Finished) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per model and split: the main metric per task and the macro average; per method: Delta-m."""
+def ending(steps: int, cap: int, best_step: int | None, eval_steps: list[int], patience: int | None) -> dict[str, Any]:
+    """How a run ended, from its steps, step cap, best step, evaluation steps and patience."""
+    stale = sum(1 for e in eval_steps if best_step is not None and e > best_step)  # evaluations since the best
+    early = steps < cap or bool(patience and stale >= patience)
+    return {"steps": steps, "cap": cap, "best_step": best_step, "evaluations": len(eval_steps),
+            "evaluations_after_best": stale, "patience": patience, "stopped": "early" if early else "at the cap",
+            "still_improving": not early and stale < STILL_IMPROVING_LAST}
+
+
+def positive_labels(plan: Plan) -> dict[str, str]:
+    """The positive label of every binary task whose main metric is ``f1`` (as its runs saved it)."""
+    from polytask.tasks import build_task
+
+    out: dict[str, str] = {}
+    for r in plan.runs:
+        if r.method != SINGLE or r.task in out or not r.finished:
+            continue
+        task = build_task(r.cfg.task(r.task))
+        if task.main_metric != "f1" or not hasattr(task, "positive_label"):
+            continue
+        task.load_vocab_state(r.folder.read_vocab()[r.task])
+        if task.positive_label is not None:
+            out[r.task] = task.positive_label
+    return out
+
+
+def _tables(done: _Finished, chance: dict[str, dict[str, float]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per model and split: the main metric per task and the macro average; per method: Delta-m,
+    with and without the near-chance tasks, and the chance-corrected gain."""
     plan, hib = done.plan, done.hib
     table: dict[str, Any] = {}
     delta: dict[str, Any] = {}
@@ -121,24 +183,32 @@ def _tables(done: _Finished) -> tuple[dict[str, Any], dict[str, Any]]:
             macro = [statistics.fmean(v[t] if hib[t] else -v[t] for t in plan.tasks) for v in per_seed.values()]
             table[m][split]["macro"] = mean_std(macro)
             if m != SINGLE:
-                delta.setdefault(m, {})[split] = _delta(done, per_seed, split)
+                delta.setdefault(m, {})[split] = _delta(done, per_seed, split, chance[split])
     return table, delta
 
 
-def _delta(done: _Finished, per_seed: dict[int, dict[str, float]], split: str) -> dict[str, Any]:
-    """Delta-m and the relative change per task of one method against single-task, over seeds."""
-    tasks = done.plan.tasks
-    dms, rels, excluded = [], {t: [] for t in tasks}, set()
-    for s, v in per_seed.items():
-        base = done.scores(SINGLE, s, split)
-        if base is None:
-            continue
-        dm, ex = delta_m_defined(v, base, done.hib)
+def _delta(done: _Finished, per_seed: dict[int, dict[str, float]], split: str,
+           chance: dict[str, float]) -> dict[str, Any]:
+    """Delta-m and the relative change per task of one method against single-task, over seeds;
+    Delta-m without the near-chance tasks and the chance-corrected gain (:mod:`~polytask.compare.chance`)."""
+    tasks, hib = done.plan.tasks, done.hib
+    bases = {s: b for s in per_seed if (b := done.scores(SINGLE, s, split)) is not None}
+    mean_base = {t: statistics.fmean(b[t] for b in bases.values()) for t in tasks} if bases else {}
+    flagged = near_chance(mean_base, chance, hib) if bases else []
+    kept = [t for t in tasks if t not in flagged]
+    dms, dms_kept, gains, rels, excluded = [], [], [], {t: [] for t in tasks}, set()
+    for s, base in bases.items():
+        v = per_seed[s]
+        dm, ex = delta_m_defined(v, base, hib)
         dms.append(dm)
         excluded.update(ex)
-        for t, rc in relative_changes(v, base, done.hib).items():
+        if kept:
+            dms_kept.append(delta_m_defined({t: v[t] for t in kept}, {t: base[t] for t in kept}, hib)[0])
+        gains.append(gain(v, base, chance, hib))
+        for t, rc in relative_changes(v, base, hib).items():
             rels[t].append(rc)
-    return {**mean_std(dms), "excluded_tasks": sorted(excluded), "per_task": {t: mean_std(rels[t]) for t in tasks}}
+    return {**mean_std(dms), "excluded_tasks": sorted(excluded), "per_task": {t: mean_std(rels[t]) for t in tasks},
+            "near_chance": flagged, "without_near_chance": mean_std(dms_kept), "gain": mean_std(gains)}
 
 
 def _seed_cost(parts: list[dict], tasks: list[str]) -> dict[str, Any]:
@@ -216,6 +286,7 @@ def _base_description(cfg: Config) -> dict[str, Any]:
             "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "head_lr": t.head_lr,
             "eval_every": t.eval_every, "early_stopping": t.early_stopping,
             "evaluations": n_evaluations(t.max_steps, t.eval_every),
+            "cap_factor": (cfg.compare or CompareConfig()).cap_factor, "patience": t.early_stopping or default_patience(t),
             "weighting": to_dict(cfg.weighting), "sampling": to_dict(cfg.sampling),
             "architecture": to_dict(cfg.architecture)}
 

@@ -13,12 +13,20 @@ the planned one is an error. An unfinished sub-run with a checkpoint continues f
 (``python -m polytask.compare JOB.json``, see :func:`run_job`), so its peak memory is its own and
 its memory is returned afterwards; the child gets SIGTERM (and checkpoints) if compare dies.
 :func:`train_measured` writes ``resources.json`` (wall time, peak memory, load) next to the run.
+
+**Parallel sub-runs** (``compare.jobs`` or ``--jobs N``, default 1): with N > 1, up to N isolated
+sub-runs train at once (at most one per CPU core), each in its own process with one torch
+thread (``OMP_NUM_THREADS=1`` and ``MKL_NUM_THREADS=1`` in its environment, ``torch.set_num_threads(1)``
+in it). Each sub-run's seeds, data and config are its own, so its numbers are those of the same
+sub-run trained alone with one thread; only timings change (the report's load average says so).
+A thread pool (:class:`concurrent.futures.ThreadPoolExecutor`) waits on the child processes.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 import threading
@@ -26,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from polytask.compare.grid import choose
 from polytask.compare.plan import Plan, SubRun, check_finished, plan_compare, plan_json
 from polytask.compare.prepared import Prepared
 from polytask.compare.plots import write_report
@@ -121,15 +130,17 @@ def _stop_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _run_isolated(run: SubRun, resume: bool, progress: bool) -> None:
-    """Train a sub-run in a fresh Python process; its output goes to ``train.log``."""
+def _run_isolated(run: SubRun, resume: bool, progress: bool, threads: int | None = None) -> None:
+    """Train a sub-run in a fresh Python process; its output goes to ``train.log``. ``threads``:
+    the child's torch threads (and OMP/MKL threads in its environment); None: torch's default."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     job = run.run_dir / "compare_job.json"
-    write_json(job, {"config": to_dict(run.cfg), "resume": resume, "progress": progress})
+    write_json(job, {"config": to_dict(run.cfg), "resume": resume, "progress": progress, "threads": threads})
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log_path = run.run_dir / "train.log"
     with open(log_path, "ab") as log:
         out = None if progress else log  # with progress, the child's bar goes to this terminal
-        proc = subprocess.run([sys.executable, "-m", "polytask.compare", str(job)], stdout=out,
+        proc = subprocess.run([sys.executable, "-m", "polytask.compare", str(job)], stdout=out, env=env,
                               stderr=None if progress else subprocess.STDOUT, preexec_fn=_stop_with_parent)
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:] if log_path.exists() else []
@@ -141,6 +152,10 @@ def run_job(job_path: str) -> int:
     """The child process of an isolated sub-run: ``python -m polytask.compare JOB.json``."""
     job = read_json(Path(job_path))
     cfg = from_dict(job["config"], source=job_path)
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(job["threads"]))
     try:
         train_measured(cfg, resume=bool(job.get("resume")), progress=bool(job.get("progress")), isolated=True)
     except PolytaskError as exc:
@@ -160,14 +175,14 @@ def _can_resume(run: SubRun) -> bool:
     return latest_good_checkpoint(folder.path, warn=lambda *a: None, run_id=folder.run_id) is not None
 
 
-def run_subrun(run: SubRun, isolate: bool, progress: bool = False) -> str:
+def run_subrun(run: SubRun, isolate: bool, progress: bool = False, threads: int | None = None) -> str:
     """Train ``run`` unless finished; returns 'done', 'resumed' or 'trained'."""
     if run.finished:
         check_finished(run)
         return "done"
     resume = _can_resume(run)
     if isolate:
-        _run_isolated(run, resume, progress)
+        _run_isolated(run, resume, progress, threads)
     else:
         train_measured(run.cfg, resume=resume, progress=progress)
     return "resumed" if resume else "trained"
@@ -189,12 +204,12 @@ def run_compare(cfg: Config | str | Path, overrides: list[str] | None = None, pr
     write_json(plan.root / "plan.json", plan_json(plan))
     _announce(plan, echo)
     if train_missing:
-        _train_missing(plan, cc.isolate, progress, echo)
+        _train_missing(plan, cc.isolate, progress, echo, jobs(cc))
     else:
         for run in plan.runs:
             if run.finished:
                 check_finished(run)
-    inference = measure_inference(plan, echo=echo, prepared=prepared)
+    inference = measure_inference(choose(plan)[0], echo=echo, prepared=prepared)  # the chosen grid points
     results = collect(plan, inference, prepared)
     write_json(plan.root / "results.json", results)
     report = write_report(results, plan.root)
@@ -213,12 +228,30 @@ def _announce(plan: Plan, echo: Callable[[str], None]) -> None:
         echo(f"  note: {note}")
 
 
-def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[str], None]) -> None:
-    for i, run in enumerate(plan.runs, 1):
+def jobs(cc: CompareConfig) -> int:
+    """Sub-runs trained at once: ``compare.jobs``, at most one per CPU core."""
+    return max(1, min(cc.jobs, os.cpu_count() or 1))
+
+
+def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[str], None], n_jobs: int = 1) -> None:
+    if n_jobs > 1 and not isolate:
+        raise ConfigError("compare.jobs > 1 needs compare.isolate: true (each sub-run in its own process)")
+    threads = 1 if n_jobs > 1 else None
+
+    def one(i: int, run: SubRun) -> None:
         started = time.perf_counter()
-        status = run_subrun(run, isolate, progress)
+        status = run_subrun(run, isolate, progress and n_jobs == 1, threads)
         if status == "done":
-            continue
-        dev = run.folder.read_summary().get("dev_macro", float("nan"))
-        echo(f"[{i}/{len(plan.runs)}] {run.key}: {status} {run.budget['max_steps']} steps in "
-             f"{time.perf_counter() - started:.0f}s (dev macro {dev:.4f})")
+            return
+        summary = run.folder.read_summary()
+        echo(f"[{i}/{len(plan.runs)}] {run.key}: {status}, {summary.get('steps', '?')} of {run.budget['max_steps']} "
+             f"steps in {time.perf_counter() - started:.0f}s (dev macro {summary.get('dev_macro', float('nan')):.4f})")
+
+    if n_jobs == 1:
+        for i, run in enumerate(plan.runs, 1):
+            one(i, run)
+        return
+    echo(f"training up to {n_jobs} sub-runs at once, one torch thread each")
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        for future in [pool.submit(one, i, run) for i, run in enumerate(plan.runs, 1)]:
+            future.result()  # the first failure is raised here (the others finish first)

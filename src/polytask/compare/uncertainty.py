@@ -10,7 +10,11 @@ relative change per task and Delta-m (the same formulas as the point estimates,
 percentiles over resamples are the 95% interval.
 
 The verdict comes from the interval, not from the point estimate: **helped** when Delta-m's
-whole interval is above 0, **hurt** when it is below 0, else **no measurable difference**.
+whole interval is above 0, **hurt** when it is below 0, else **no measurable difference**. When
+a task's single-task baseline is near chance (:mod:`polytask.compare.chance`), the verdict is
+read from the interval of Delta-m *without* such tasks, so that one near-zero baseline cannot
+carry it; the chance-corrected gain gets its interval too (chance levels fixed from the whole
+split, not re-estimated per resample).
 
 Needs each sub-run's per-example test predictions (``predictions/test.json``, written by
 ``train`` since this module exists); runs without them get no interval. Cost: ``resamples`` x
@@ -22,6 +26,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from polytask.compare.chance import chance_level, gain
 from polytask.compare.plan import SINGLE, Plan
 from polytask.compare.stats import delta_m_defined, relative_changes
 
@@ -88,16 +93,34 @@ def load_predictions(plan: Plan, method: str, seeds: list[int], scorer: Scorer) 
     return out
 
 
-def bootstrap(plan: Plan, method: str, hib: dict[str, bool], resamples: int = RESAMPLES,
-              seed: int = 0) -> dict[str, Any] | None:
-    """Intervals of Delta-m and of each task's relative change (test), and the verdict."""
+def _interval(values: list[float]) -> list[float] | None:
+    finite = [v for v in values if v == v]
+    return percentile_interval(finite) if finite else None
+
+
+def _verdict_source(dm, without, gains, flagged, kept) -> dict[str, Any]:
+    """Which interval the verdict reads: Delta-m; without near-chance tasks when some are; the
+    chance-corrected gain when every task is near chance."""
+    if not flagged:
+        return {"verdict": verdict(dm), "verdict_from": "Delta-m"}
+    if kept:
+        return {"verdict": verdict(without), "verdict_from": "Delta-m without near-chance tasks"}
+    return {"verdict": verdict(gains), "verdict_from": "chance-corrected gain (every task near chance)"}
+
+
+def bootstrap(plan: Plan, method: str, hib: dict[str, bool], resamples: int = RESAMPLES, seed: int = 0,
+              chance: dict[str, float] | None = None, flagged: list[str] | tuple = ()) -> dict[str, Any] | None:
+    """Intervals of Delta-m, of Delta-m without the ``flagged`` (near-chance) tasks, of the
+    chance-corrected gain (with ``chance`` levels) and of each task's relative change (test), and
+    the verdict."""
     scorer = Scorer(plan)
     mtl = load_predictions(plan, method, plan.seeds, scorer)
     single = load_predictions(plan, SINGLE, plan.seeds, scorer)
     if mtl is None or single is None:
         return None
     rng = random.Random(seed)
-    dms, rels = [], {t: [] for t in plan.tasks}
+    kept = [t for t in plan.tasks if t not in flagged]
+    dms, dms_kept, gains, rels = [], [], [], {t: [] for t in plan.tasks}
     for _ in range(resamples):
         drawn = [rng.choice(plan.seeds) for _ in plan.seeds]
         m_scores: dict[str, list[float]] = {t: [] for t in plan.tasks}
@@ -111,11 +134,32 @@ def bootstrap(plan: Plan, method: str, hib: dict[str, bool], resamples: int = RE
         m_mean = {t: sum(v) / len(v) for t, v in m_scores.items()}
         s_mean = {t: sum(v) / len(v) for t, v in s_scores.items()}
         dms.append(delta_m_defined(m_mean, s_mean, hib)[0])
+        if flagged and kept:
+            dms_kept.append(delta_m_defined({t: m_mean[t] for t in kept}, {t: s_mean[t] for t in kept}, hib)[0])
+        if chance:
+            gains.append(gain(m_mean, s_mean, chance, hib))
         for t, rc in relative_changes(m_mean, s_mean, hib).items():
             rels[t].append(rc)
-    interval = percentile_interval([d for d in dms if d == d]) if any(d == d for d in dms) else None
-    return {"resamples": resamples, "level": LEVEL, "delta_m": interval, "verdict": verdict(interval),
-            "per_task": {t: percentile_interval(finite) for t, v in rels.items() if (finite := [x for x in v if x == x])}}
+    interval, without = _interval(dms), _interval(dms_kept)
+    return {"resamples": resamples, "level": LEVEL, "delta_m": interval, "delta_m_without_near_chance": without,
+            "near_chance": sorted(flagged), "gain": _interval(gains),
+            **_verdict_source(interval, without, _interval(gains), flagged, kept),
+            "per_task": {t: iv for t, v in rels.items() if (iv := _interval(v)) is not None}}
 
 
-__all__ = ["RESAMPLES", "bootstrap", "percentile_interval", "verdict"]
+def chance_levels(plan: Plan, split: str) -> dict[str, float]:
+    """Chance level of every task's main metric on ``split``, from the references that the first
+    finished single-task run of the task wrote with its predictions (tasks without one: absent)."""
+    scorer = Scorer(plan)
+    out: dict[str, float] = {}
+    for run in plan.runs:
+        if run.method != "single" or run.task in out or not run.finished:
+            continue
+        preds = run.folder.read_predictions(split)
+        if preds and run.task in preds:
+            scorer.load_vocab(run.task, run.folder)
+            out[run.task] = chance_level(scorer.tasks[run.task], preds[run.task]["references"])
+    return out
+
+
+__all__ = ["RESAMPLES", "bootstrap", "chance_levels", "percentile_interval", "verdict"]
