@@ -187,3 +187,37 @@ def test_cli_takes_shots_as_a_list_and_reports_errors_in_one_line(source_run, tm
     assert json.loads((out / "curves.json").read_text())["train"]["batch_size"] == 4
     bad = CliRunner().invoke(app, ["adapt", str(tmp_path / "nope"), "--task", str(spec), "--no-progress"])
     assert bad.exit_code == 2 and "not a run folder" in bad.output
+
+
+def test_polytask_serve_serves_the_adapted_run_with_old_and_new_tasks(source_run, tmp_path):
+    """The adapted run through a real `polytask serve` process: every task, old and new, and the
+    same labels as the Predictor."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from conftest import REPO
+    from polytask.serve import wait_until_ready
+
+    out = adapt(source_run, new_task(), tmp_path / "served", tune="head", progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "polytask.cli", "serve", str(out), "--port", str(port),
+                             "--log-level", "warning"], cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, proc, timeout=120)
+        names = [t["name"] for t in httpx.get(f"{url}/v1/tasks").json()["tasks"]]
+        assert sorted(names) == ["entities", "sentiment", "similarity", "topic"]
+        for task in ("topic", "sentiment"):
+            got = httpx.post(f"{url}/v1/predict/{task}", json={"inputs": TEXTS}).json()
+            assert [p["prediction"] for p in got["predictions"]] == Predictor.load(out).predict(task, TEXTS)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
