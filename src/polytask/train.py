@@ -150,21 +150,32 @@ def build_components(cfg: Config, tasks: list[str], sizes: list[int]):
 
 
 def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW; weight decay on weight matrices only (not biases or LayerNorm); heads may get their own lr."""
-    t = cfg.train
+    """AdamW over the model's trainable parameters (:func:`adamw`), plus the weighting method's own
+    learnable parameters at ``train.weighting_lr``."""
     heads = model.head_parameter_names()
+    params = [(p, name in heads) for name, p in model.named_parameters() if p.requires_grad]
+    return adamw(cfg.train, params, [p for p in weighting.parameters() if p.requires_grad])
+
+
+def adamw(t, params: list[tuple[torch.nn.Parameter, bool]], extra: list | None = None) -> torch.optim.AdamW:
+    """AdamW over ``(parameter, is_head)`` pairs: weight decay on weight matrices only (not biases
+    or LayerNorm); heads at ``train.head_lr`` when it is set; ``extra`` at ``train.weighting_lr``
+    without decay."""
     groups: dict[tuple[float, float], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lr = t.head_lr if (t.head_lr and name in heads) else t.lr
+    for p, is_head in params:
+        lr = t.head_lr if (t.head_lr and is_head) else t.lr
         decay = t.weight_decay if p.ndim >= 2 else 0.0
         groups.setdefault((lr, decay), []).append(p)
-    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-    extra = [p for p in weighting.parameters() if p.requires_grad]
+    out = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     if extra:
-        params.append({"params": extra, "lr": t.weighting_lr, "weight_decay": 0.0})
-    return torch.optim.AdamW(params, lr=t.lr)
+        out.append({"params": extra, "lr": t.weighting_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(out, lr=t.lr)
+
+
+def make_scheduler(t, optimizer: torch.optim.Optimizer):
+    """``train.schedule`` with a linear warm-up over ``warmup_ratio`` of ``max_steps``."""
+    return get_scheduler("constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
+                         num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,10 +307,7 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     draws = StepDraws(sampler, lengths, global_batch, cfg.seed, t.max_steps, weighting.needs_all_tasks,
                       grouped=t.length_grouping)
     optimizer = make_optimizer(cfg, model, weighting)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
-        num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps,
-    )
+    scheduler = make_scheduler(t, optimizer)
     if accelerator.is_main_process:
         print(f"training on {accelerator.device} (mixed precision: {t.mixed_precision}, torch threads: "
               f"{torch.get_num_threads()})\n{describe_batch(t, accelerator.num_processes)}", file=sys.stderr)

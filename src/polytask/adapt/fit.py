@@ -13,18 +13,8 @@ import time
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-
-def optimizer_for(learner, t) -> torch.optim.AdamW:
-    """AdamW over the learner's trainable parameters: the head at ``head_lr`` (default ``lr``)."""
-    heads = learner.head_ids()
-    groups: dict[tuple[float, float], list] = {}
-    for p in learner.params():
-        lr = (t.head_lr or t.lr) if id(p) in heads else t.lr
-        groups.setdefault((lr, t.weight_decay if p.ndim >= 2 else 0.0), []).append(p)
-    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
-                             lr=t.lr)
+from polytask.train import adamw, make_scheduler
 
 
 def batches(train_idx: list[int], batch_size: int, seed: int):
@@ -56,9 +46,9 @@ def fit(learner, task, train_idx: list[int], refs: dict, t, seed: int, progress:
         desc: str = "adapt") -> dict:
     """Train; restore the best dev weights; returns ``{best_step, steps, seconds, dev, test}``."""
     params = learner.params()
-    optimizer = optimizer_for(learner, t)
-    scheduler = get_scheduler("constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
-                              num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps)
+    heads = learner.head_ids()
+    optimizer = adamw(t, [(p, id(p) in heads) for p in params])  # as polytask train does
+    scheduler = make_scheduler(t, optimizer)
     best, best_step, best_state = -math.inf, 0, None
     started = time.perf_counter()
     stream = batches(train_idx, t.batch_size, seed)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.gradients import cosines
+from polytask.train import task_losses
 
 
 @dataclass
@@ -63,7 +64,7 @@ def lookahead(model: nn.Module, tasks: dict, batches: dict[str, dict], params: l
             with torch.no_grad():
                 for p, d in zip(params, adam_step(params, g, optimizer, lr)):
                     p.sub_(d)
-                after = [float(loss) for loss in losses(model, tasks, batches)]
+                after = [float(loss) for loss in task_losses(model, tasks, batches)[0]]
                 for p, s in zip(params, saved):
                     p.copy_(s)
             rows.append([1.0 - a / b if b != 0 else 0.0 for a, b in zip(after, before)])
@@ -84,15 +85,6 @@ def task_gradients(model: nn.Module, tasks: dict, batches: dict[str, dict],
         grads.append([torch.zeros_like(p) if gp is None else gp.detach() for p, gp in zip(params, g)])
         before.append(float(loss.detach()))
     return before, grads
-
-
-def losses(model: nn.Module, tasks: dict, batches: dict[str, dict]) -> list[Tensor]:
-    """Each task's loss on its batch (no graph)."""
-    out = []
-    for name, batch in batches.items():
-        pred, _ = model(batch, name)
-        out.append(tasks[name].loss(pred, batch).detach())
-    return out
 
 
 def adam_step(params: list[nn.Parameter], grad: list[Tensor], optimizer, lr: float) -> list[Tensor]:
