@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,10 @@ def tiny_config(backbone: str, out_dir: Path, **train) -> dict:
         "train": {"max_steps": 30, "batch_size": 16, "lr": 1e-3, "eval_every": 15, "log_every": 5,
                   "warmup_ratio": 0.0, **train},
     }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -194,19 +194,16 @@ def test_polytask_serve_serves_the_adapted_run_with_old_and_new_tasks(source_run
     same labels as the Predictor."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
-    from conftest import REPO
+    from conftest import REPO, free_port
     from polytask.serve import wait_until_ready
 
     out = adapt(source_run, new_task(), tmp_path / "served", tune="head", progress=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "polytask.cli", "serve", str(out), "--port", str(port),
                              "--log-level", "warning"], cwd=REPO, env=env)

@@ -26,14 +26,13 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, free_port
 
 README = REPO / "README.md"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -80,12 +79,6 @@ def test_yaml_blocks_load_with_the_config_loader(tmp_path):
         path.write_text(body)
         cfg = load_config(path)
         assert cfg.tasks, body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Shell:

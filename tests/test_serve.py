@@ -12,7 +12,6 @@ import asyncio
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,12 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
-from conftest import REPO, tiny_config  # noqa: E402
+from conftest import REPO, free_port, tiny_config  # noqa: E402
 
 from polytask.errors import PolytaskError  # noqa: E402
 from polytask.serve import wait_until_ready  # noqa: E402
 
 TEXTS = ["Anna loved the soup", "the chef burned the pasta", "Oslo is cold in winter", "Berg met Anna in Oslo"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(run_dir, *args) -> tuple[subprocess.Popen, str]:

@@ -7,7 +7,7 @@ far larger and would wash out the pairs, so its colour is clipped (its value is 
 
 from __future__ import annotations
 
-import io
+from polytask.html_report import figure_png
 
 
 def heatmap_png(matrix: list[list[float]], names: list[str], title: str, limit: float | None = None) -> bytes:
@@ -37,7 +37,4 @@ def heatmap_png(matrix: list[list[float]], names: list[str], title: str, limit: 
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
