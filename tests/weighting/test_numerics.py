@@ -269,10 +269,9 @@ def cagrad_reference(A: np.ndarray, c: float) -> float:
 
 
 @SETTINGS
-@given(case=cases(task_scale=6.0), c=st.sampled_from([0.1, 0.4, 0.9]))
+@given(case=cases(), c=st.sampled_from([0.1, 0.4, 0.9]))
 def test_cagrad_solves_its_problem(case, c):
-    """Per-task scales 1e-6..1e6 (norm ratios up to 1e12; docs/weighting.md, "Numerics": beyond
-    that the active-set solve can miss the support and the fallback is not always exact)."""
+    """Per-task scales 1e-8..1e8 (norm ratios up to 1e16)."""
     G, K, _ = case
     Ks = seen(K)
     T = K.shape[0]

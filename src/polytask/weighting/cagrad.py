@@ -16,39 +16,33 @@ and ``d = g_0 + (r / ||g_w*||) g_w*``, divided by (1 + c^2) when ``rescale = 1``
 ``alpha = (1/T + lambda w*) / scale``; with ``c = 0`` it is the average gradient. Optimality
 (strong duality): ``min_t g_t . d = F(w*)``.
 
-When 0 is in the convex hull of the gradients, ``min_t g_t . d <= 0`` for every d, and the
-authors' formula divides by ``||g_w*|| = 0`` (weights of 1e4 and more, and a direction that is not
-optimal). The optimum is then 0 if the ball meets the dual cone ``{d : g_t . d >= 0 for all t}``,
-reached by every point of that intersection; this method returns its point closest to ``g_0``,
-the projection of ``g_0`` onto the dual cone (UPGrad's QP with preferences ``1/T``). If the ball
-misses the cone, ``g_w* != 0`` and the formula above applies.
-
-Numerics: everything runs on K divided by its largest diagonal entry (w* and alpha do not change),
-so all tolerances are relative. The dual is not solved by SLSQP with numerical gradients (the
-authors' code; 330 ms at T = 32 and inexact) but exactly: an active-set method on its
-optimality conditions (on a support S, ``b_S + A_SS x = nu 1`` with ``x = lambda w`` and
-``x^T A x = r^2``, a quadratic in ``nu``), with a slower exact fallback (a 1-D root search over
-min-norm problems, see ``_dual_by_radius``); "0 in the hull" is
-decided by the exact min-norm point (Wolfe's algorithm, as MGDA) of the *unit* gradients
-``g_t / ||g_t||`` (0 is in the hull of the g_t exactly when it is in the hull of their
-directions, and on unit vectors a gradient 1e-16 times the largest does not pass for the
-origin): its squared norm ``a^T C a`` below ``10 T eps`` times ``|a|^T |C| |a|``, the rounding
-error of that sum (eps: 2.2e-16 for a float64 Gram matrix, 1.2e-7 for float32, which cannot
-resolve less). A real
-gradient 1e-12 times the largest is therefore not zero, and gets the weight the definition
-gives it (up to ``c ||g_0|| / ||g_t||``). Tasks with an exactly zero gradient have
-``g_t . d = 0`` for every d: they put 0 in the hull (so the cone rule applies) and take weight
-``1/T`` from the average, as any zero gradient does.
+Numerics: the problem is solved on K divided by its largest diagonal entry (w* and alpha do not
+change), in the primal, by its level sets, not by SLSQP on the dual with numerical gradients
+(the authors' code; 330 ms at T = 32 and inexact). For a level ``s``, the directions with
+``g_t . d >= s`` for every t form a polyhedron ``P_s``; its distance to ``g_0`` grows with ``s``,
+and the optimum ``s*`` is the largest ``s`` whose ``P_s`` meets the ball. Each distance is a
+least-distance problem on the *unit* gradients ``e_t = g_t / ||g_t||`` (``e_t . x >= s / ||g_t||
+- e_t . g_0``, Lawson & Hanson's LDP, solved by ``scipy.optimize.nnls`` with unit-norm columns),
+so a gradient 1e-16 times the largest is as well resolved as the largest; ``s*`` is found by
+bisection on the float64 bit pattern (at most 64 steps, to one ulp of ``s*`` at any scale). The
+returned direction is the projection of ``g_0`` onto ``P_s`` at ``s = s* - 2 tol`` (``tol`` is 100
+times the Gram matrix's eps: 2.2e-14 of the largest squared norm for float64, 1.2e-5 for
+float32), where its multipliers are well defined; it is optimal to that tolerance, and the
+optimal direction closest to ``g_0``. This covers the case the authors' formula cannot: when 0 is
+in the convex hull of the gradients, ``min_t g_t . d <= 0`` for every d and the dual's
+``lambda = c ||g_0|| / ||g_w||`` divides by ``||g_w*|| = 0`` (weights of 1e4 and more); here the
+ball then meets the dual cone ``P_0`` and the method returns the projection of ``g_0`` onto it.
+Tasks with an exactly zero gradient have ``g_t . d = 0`` for every d: they cap ``s`` at 0 and
+take weight ``1/T`` from the average, as any zero gradient does.
 
 Hyper-parameters:
     c: radius of the conflict-averse ball, relative to ``||g_0||`` (default 0.4).
     rescale: 0, 1 (default) or 2, see above.
 
-Limits: needs the gradients and every task every step. Cost: Wolfe plus the active-set solve,
-about 10 ms at T = 32 on one CPU thread (benchmarks/weighting.py ``--gram-sizes``); when 0 is
-near the hull and the norms are spread over many decades, the support search can retry from
-every pair of tasks (rare; up to seconds at T = 32). Per-task norm ratios beyond 1e12 can still
-miss the optimum (2 of 400 random matrices at ratios up to 1e16; docs/weighting.md).
+Limits: needs the gradients and every task every step. Cost: at most 66 NNLS solves of size
+T, a few ms at T = 32 on one CPU thread (benchmarks/weighting.py ``--gram-sizes``); checked
+against an SOCP solver (Clarabel) at per-task norm ratios up to 1e16, float64 and float32
+(tests/weighting/test_numerics.py).
 """
 
 from __future__ import annotations
@@ -64,179 +58,119 @@ from polytask.weighting._utils import (
     check_all_tasks,
     check_gram,
     gram_eps,
-    min_norm_wolfe,
+    psd_sqrt_factor,
     rescale,
     unit_gram,
 )
 from polytask.weighting.base import Weighting
-from polytask.weighting.upgrad import dual_cone_weights
 
 
 def cagrad_weights(K: Tensor, c: float, eps: float = 2.2e-16) -> Tensor:
-    """CAGrad coefficients (T,) before the ``rescale`` division; ``K`` (T, T) float64."""
+    """CAGrad coefficients (T,) before the ``rescale`` division; ``K`` (T, T) float64, whose
+    entries carry a relative rounding error ``eps`` (float32 Gram matrices: 1.2e-7)."""
     T = K.shape[0]
     A, _ = rescale(K)  # (T, T), largest diagonal 1
     mean = torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)  # g_0 = G^T mean
     g0_sq = float(mean @ A @ mean)
     if c <= 0.0 or not g0_sq > 0.0:
         return mean  # c = 0: the average; g_0 = 0: the ball is {0} = {g_0}
-    r = c * math.sqrt(g0_sq)
     on = active_mask(A).nonzero()[:, 0]
-    k = len(on)
-    A_on = A[on][:, on]
-    hull_tol = 10.0 * T * max(eps, 2.2e-16)
-    in_hull = k < T  # an exactly zero gradient is a point of the hull at 0
-    if not in_hull:  # decided on unit gradients: 0 is in the hull of g_t iff in that of g_t/||g_t||
-        C_on, _ = unit_gram(A_on)
-        in_hull = _is_zero(min_norm_wolfe(C_on), C_on, hull_tol)
-    if in_hull:
-        v = dual_cone_weights(A, mean[:, None], eps)[:, 0]  # projection of g_0 onto the cone
-        dist_sq = float((v - mean) @ A @ (v - mean))
-        if dist_sq <= r * r * (1.0 + 1e-9):
-            return v
-    w = torch.zeros(T, dtype=K.dtype, device=K.device)
-    w[on], exact = _dual(A_on, (A @ mean)[on], r, g0_sq)
-    gw = math.sqrt(max(float(w @ A @ w), 0.0))
-    if in_hull and _is_zero(w, A, hull_tol):
-        return v  # F* ~ 0: the cone projection is (numerically) on the sphere
-    alpha = mean + (r / max(gw, 1e-300)) * w
-    if not exact:
-        # no support verified (gradient norms spread over 1e14 and more): of the two feasible
-        # candidates, the dual's and the projection of g_0 onto the dual cone, keep the better
-        v = dual_cone_weights(A, mean[:, None], eps)[:, 0]
-        if float((v - mean) @ A @ (v - mean)) <= r * r and float((A @ v).min()) > float(
-            (A @ alpha).min()
-        ):
-            return v
+    C, norms = unit_gram(A[on][:, on])  # A_on = D C D
+    E = psd_sqrt_factor(C).cpu().numpy()  # (k, k), columns e_t: unit gradients in a basis of their span
+    n = norms.cpu().numpy()  # (k,)
+    e_g0 = (A @ mean)[on].cpu().numpy() / n  # (k,) e_t . g_0
+    levels = LevelSets(E.T @ E, E, n, e_g0, r=c * math.sqrt(g0_sq), eps=eps)  # E^T E: C made PSD
+    top = float((e_g0 * n + levels.r * n).min())  # no d in the ball does better than g_0 + r e_t
+    if len(on) < T:
+        top = min(top, 0.0)  # a zero gradient has g_t . d = 0 for every d
+    low = min(float((e_g0 * n).min()), top)  # g_0 itself has g_t . g_0 >= low for every t
+    beta = levels.best_below(low, top)  # d = g_0 + sum_t beta_t e_t
+    alpha = mean.clone()
+    alpha[on] += torch.as_tensor(beta / n, dtype=K.dtype, device=K.device)
     return alpha
 
 
-def _is_zero(w: Tensor, A: Tensor, tol: float) -> bool:
-    """``||g_w||^2 = w^T A w`` is zero to its rounding error (``tol`` times the sum of |terms|).
+class LevelSets:
+    """The projections of ``g_0`` onto ``P_s = {d : g_t . d >= s for all t}``, on unit gradients.
 
-    Relative to the terms, not to the largest gradient: the single vertex of a gradient 1e-12
-    times the largest has ``||g_w||^2 = 1e-24``, computed exactly, and is not zero.
+    ``C`` (k, k): cosines ``e_s . e_t``; ``E`` (k, k): columns ``e_t`` (``E^T E = C``); ``n`` (k,): the
+    norms; ``e_g0`` (k,): ``e_t . g_0``; ``r``: the ball's radius. All relative to the largest
+    gradient (norm 1). ``eps``: the relative rounding error of the cosines.
     """
-    return float(w @ A @ w) <= tol * float(w.abs() @ A.abs() @ w.abs())
+
+    def __init__(self, C: np.ndarray, E: np.ndarray, n: np.ndarray, e_g0: np.ndarray, r: float, eps: float):
+        self.C, self.E, self.n, self.e_g0, self.r = C, E, n, e_g0, r
+        self.tol = 100.0 * max(eps, 2.2e-16)  # float64: 2.2e-14; float32: 1.2e-5
+    def project(self, s: float) -> np.ndarray | None:
+        """``beta`` (k,) >= 0 with ``g_0 + E beta`` the projection of ``g_0`` onto ``P_s``; None if
+        ``P_s`` is empty. ``x = E beta`` solves the least-distance problem ``min ||x||`` subject to
+        ``e_t . x >= h_t = s / n_t - e_t . g_0`` (Lawson & Hanson, "Solving Least Squares
+        Problems", 1974, ch. 23): NNLS of ``[E; h^T] u = (0, .., 0, 1)``, whose residual gives
+        ``x``. Columns are scaled to unit norm first (a tiny task's ``h_t`` is huge)."""
+        from scipy.optimize import nnls  # imported lazily: scipy is slow to import
+
+        k = self.E.shape[1]
+        M = np.vstack([self.E, (s / self.n - self.e_g0)[None, :]])  # (k + 1, k)
+        scale = np.linalg.norm(M, axis=0)  # (k,) > 0: every e_t has norm 1
+        target = np.zeros(k + 1)
+        target[-1] = 1.0
+        u, _ = nnls(M / scale, target, maxiter=100 * k)
+        residual = (M / scale) @ u - target  # (k + 1,)
+        if -residual[-1] <= 1e-14:
+            return None  # the residual's last entry is 0 exactly when P_s is empty
+        return (u / scale) / -residual[-1]
+
+    def fits(self, s: float) -> tuple[bool, np.ndarray | None]:
+        """Whether ``P_s`` meets the ball, and the projection. Checked on the cosines themselves
+        (``||x||^2 = beta^T C beta``, ``e_t . x = (C beta)_t``), as the caller will use ``beta``:
+        near an empty ``P_s`` (exactly opposite gradients at ``s -> 0``) the multipliers can grow
+        and lose accuracy; such a projection does not count as fitting, so the search settles
+        on a slightly lower level whose projection is accurate (to ``tol``, relative to the largest
+        gradient)."""
+        beta = self.project(s)
+        if beta is None:
+            return False, None
+        Cb = self.C @ beta  # (k,) e_t . x
+        slack = Cb - (s / self.n - self.e_g0)  # (k,) >= 0: g_t . d >= s
+        fits = float(beta @ Cb) <= self.r * self.r and float(slack.min()) >= -self.tol
+        return fits, beta
+
+    def best_below(self, low: float, high: float) -> np.ndarray:
+        """The projection at the largest level in [low, high] that meets the ball (``low`` does:
+        ``g_0`` itself is in ``P_low``); bisection on the float64 bit pattern, so every level
+        from 1e-300 to 1 is reached to one ulp in at most 64 steps.
+
+        Levels within ``tol`` above the optimum can pass :meth:`fits` (their constraints are met
+        to ``tol``) with multipliers of ``1 / (s - s*)`` (exactly opposite gradients: ``P_s`` is
+        a slab of width ``s* - s``). The projection returned is therefore the one ``2 tol`` below
+        the level found, where the multipliers are the optimum's (the value moves by ``2 tol``,
+        relative to the largest gradient)."""
+        found, best = self.fits(high)
+        lo, hi = _ordered(low), _ordered(high)
+        if not found:
+            _, best = self.fits(low)
+            best = np.zeros(self.E.shape[1]) if best is None else best  # d = g_0 (rounding at low)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                fits, beta = self.fits(_from_ordered(mid))
+                if fits:
+                    lo, best = mid, beta
+                else:
+                    hi = mid
+        level = _from_ordered(lo if not found else hi)
+        fits, beta = self.fits(max(low, level - 2.0 * self.tol))
+        return beta if fits else best
 
 
-def _dual(A: Tensor, b: Tensor, r: float, g0_sq: float) -> tuple[Tensor, bool]:
-    """argmin over the simplex of ``w . b + r sqrt(w^T A w)`` (n,), ``A`` with max diagonal 1,
-    and whether its optimality conditions were verified.
-
-    An active-set solve of the optimality conditions (:func:`_polish`), started from the most
-    conflicting task, is exact and takes a few ms at T = 32; if it finds no support that
-    verifies, :func:`_dual_by_radius` solves the dual without a guess and its support is
-    polished the same way.
-    """
-    n = A.shape[0]
-    An, bn = A.cpu().numpy(), b.cpu().numpy()
-    start = np.zeros(n, dtype=bool)
-    start[int(np.argmin(bn))] = True  # the most conflicting task; grown by active-set steps
-    w = _polish(An, bn, r, start)
-    if w is not None:
-        return torch.as_tensor(w, dtype=A.dtype, device=A.device), True
-
-    w = _dual_by_radius(A, b, r, g0_sq)
-    wn = w.cpu().numpy()
-    for support in _starts(wn, bn):
-        polished = _polish(An, bn, r, support)
-        if polished is not None:
-            return torch.as_tensor(polished, dtype=A.dtype, device=A.device), True
-    return w, False
+def _ordered(x: float) -> int:
+    """An integer key with the order of the floats (adjacent floats: adjacent keys)."""
+    bits = int(np.array(x, dtype=np.float64).view(np.int64))
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFFFFFFFFFF)
 
 
-def _starts(w: np.ndarray, b: np.ndarray):
-    """Supports to start the active-set solve from, most likely first: the radius solution's,
-    every single task, then every pair (gradient norms spread over 1e12 and more, where the
-    active-set steps from one task can miss the support; up to T^2 / 2 more tries, only then)."""
-    n = len(b)
-    yield w > 1e-9 * w.max()
-    for t in np.argsort(b)[1:]:
-        yield np.arange(n) == t
-    for s in range(n):
-        for t in range(s + 1, n):
-            yield (np.arange(n) == s) | (np.arange(n) == t)
-
-
-def _dual_by_radius(A: Tensor, b: Tensor, r: float, g0_sq: float) -> Tensor:
-    """The dual through the identity ``r ||x|| = min_{l > 0} ||x||^2 / (2 l) + r^2 l / 2``.
-
-    For fixed ``l`` the inner problem ``min_w b . w + ||g_w||^2 / (2 l)`` is the min-norm point
-    of the shifted gradients ``g_t + l g_0`` (Gram ``A + l (b 1^T + 1 b^T) + l^2 ||g_0||^2``,
-    solved exactly by Wolfe's algorithm), and the optimal ``l`` is the root of the decreasing
-    function ``||g_w(l)|| - r l`` (positive as ``l -> 0`` when 0 is not in the hull, negative for
-    ``l > 1 / r``), found by Brent's method on ``log l``. Slower than the active-set solve (a
-    min-norm solve per step) but needs no guess of the support; used when that fails.
-    """
-    from scipy.optimize import brentq  # imported lazily: scipy is slow to import
-
-    n = A.shape[0]
-    ones = torch.ones(n, dtype=A.dtype, device=A.device)
-
-    def solve(log_l: float) -> tuple[float, Tensor]:
-        lam = math.exp(log_l)
-        Kl = A + lam * (b[:, None] * ones[None, :] + ones[:, None] * b[None, :]) + lam * lam * g0_sq
-        w = min_norm_wolfe(Kl)
-        return math.sqrt(max(float(w @ A @ w), 0.0)) - r * lam, w
-
-    hi = math.log(2.0 / r)  # ||g_w|| <= 1 < r l there
-    lo = hi - 5.0
-    while solve(lo)[0] <= 0.0 and lo > -700.0:
-        lo -= 10.0
-    if solve(lo)[0] <= 0.0:
-        return solve(lo)[1]  # ||g_w|| underflows: the hull touches 0 (handled by the caller)
-    root = brentq(lambda t: solve(t)[0], lo, hi, xtol=1e-13, rtol=1e-14, maxiter=200)
-    return solve(root)[1]
-
-
-def _polish(A: np.ndarray, b: np.ndarray, r: float, support: np.ndarray) -> np.ndarray | None:
-    """Exact optimality conditions on a support, from an approximate dual solution ``w``.
-
-    With ``x = (r / ||g_w||) w`` (so ``d = g_0 + G^T x``), optimality is: ``(b + A x)_t = nu`` on
-    the support S, ``>= nu`` off it, ``x >= 0`` and ``x^T A x = r^2``. On S, ``x = x0 + nu x1``
-    (``A_SS x0 = -b_S``, ``A_SS x1 = 1``) and the last condition is a quadratic in ``nu``;
-    the larger root (nu is the primal value, maximised) that satisfies the rest is taken. A few
-    active-set steps (drop the most negative weight, else add the most violated task) move the
-    support from the guess ``support`` (bool, (n,)); returns None if none verifies.
-    """
-    n = len(support)
-    support = support.copy()
-    tol = 1e-12 * (1.0 + np.abs(b).max())
-    norms = np.sqrt(np.clip(np.diag(A), 1e-300, None))  # (n,) > 0: only active tasks come here
-    C = A / norms[:, None] / norms[None, :]  # cosine matrix: A = N C N
-    for _ in range(2 * n):
-        S = np.nonzero(support)[0]
-        # A_SS^+ through the cosine matrix, so small gradients are not cut off against large
-        Nin = 1.0 / norms[S]
-        P = Nin[:, None] * np.linalg.pinv(C[np.ix_(S, S)], hermitian=True) * Nin[None, :]
-        x0, x1 = -(P @ b[S]), P @ np.ones(len(S))
-        AS = A[np.ix_(S, S)]
-        qa, qb, qc = x1 @ AS @ x1, x0 @ AS @ x1, x0 @ AS @ x0 - r * r
-        disc = qb * qb - qa * qc
-        if not (qa > 0 and disc >= 0):
-            return None
-        roots = sorted({(-qb + math.sqrt(disc)) / qa, (-qb - math.sqrt(disc)) / qa}, reverse=True)
-        for nu in roots:
-            xS = x0 + nu * x1
-            if xS.min() < -tol or xS.sum() <= 0:
-                continue
-            x = np.zeros(n)
-            x[S] = np.clip(xS, 0.0, None)
-            slack = b + A @ x - nu  # >= 0 off the support
-            if slack.min() >= -tol:
-                return x / x.sum()
-        # active-set correction: drop the most negative weight, or add the most violated task
-        xS = x0 + roots[0] * x1
-        if xS.min() < -tol:
-            support[S[int(np.argmin(xS))]] = False
-        else:
-            x = np.zeros(n)
-            x[S] = xS
-            support[int(np.argmin(b + A @ x))] = True
-        if not support.any():
-            return None
-    return None
+def _from_ordered(key: int) -> float:
+    sign = 1.0 if key >= 0 else -1.0
+    return sign * float(np.array(abs(key), dtype=np.int64).view(np.float64))
 
 
 class CAGrad(Weighting):
