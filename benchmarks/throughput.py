@@ -20,8 +20,14 @@ out of the window like dev evaluation: the task-gradient cosine probe (``train.c
 is timed apart and printed with its amortised share. Targets: polytask >= 3x
 the plain loop's samples/s; its overhead < 5% of step time.
 
+The profile's "waiting for data" is the time the training loop spent getting each micro-step's
+batches: blocked on the prefetch queue (``train.prefetch`` > 0: the batches are collated ahead on
+a background thread, whose own time is listed apart as overlapping the step), or collating them
+itself (``--prefetch 0``).
+
     python benchmarks/throughput.py --data-dir ../shared/data               # ~3-4 min on 2 idle cores
     python benchmarks/throughput.py --data-dir ../shared/data --steps 40 --warmup 3 --batch-size 32
+    python benchmarks/throughput.py --data-dir ../shared/data --prefetch 0   # collate in the step
 
 Add ``--json out.json`` to save the numbers.
 """
@@ -35,6 +41,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -57,8 +64,12 @@ def load_suite(config: Path, data_dir: str, max_train: int | None):
     return from_dict(raw)
 
 
+BACKGROUND = " [background thread]"
+
+
 class Timers:
-    """perf_counter totals per component, counted only while the measured window is open."""
+    """perf_counter totals per component, counted only while the measured window is open; time
+    spent on another thread than the main one is counted under ``name + BACKGROUND``."""
 
     def __init__(self):
         self.total: dict[str, float] = defaultdict(float)
@@ -70,25 +81,29 @@ class Timers:
         def timed(*args, **kwargs):
             if not self.open:
                 return fn(*args, **kwargs)
+            key = name if threading.current_thread() is threading.main_thread() else name + BACKGROUND
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.total[name] += time.perf_counter() - start
-                self.calls[name] += 1
+                self.total[key] += time.perf_counter() - start
+                self.calls[key] += 1
 
         return timed
 
 
 PROBE = "cosine probe"
+WAITING = "waiting for data"
+COLLATE = "collate (dynamic padding)"  # on the main thread: inside WAITING (or the probe), not counted twice
 MODEL_PARTS = ("forward + loss + backward", "gradient clipping", "optimizer step", "lr schedule", "zero_grad")
 
 
-def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
+def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | None = None) -> dict:
     """Train with polytask's own trainer; time the window between the logs of steps warmup and steps+warmup."""
     import torch
 
     import polytask.draws as D
+    import polytask.prefetch as P
     import polytask.train as T
     from polytask.batching import BatchStream
     from polytask.config import from_dict, to_dict
@@ -101,6 +116,8 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
     raw["name"] = "polytask"
     raw["train"].update(max_steps=total_steps, eval_every=total_steps, log_every=1, early_stopping=None,
                         warmup_ratio=0.0, checkpoint_every=10**9)  # no resumable checkpoint: not measured
+    if prefetch is not None:
+        raw["train"]["prefetch"] = prefetch
     run_cfg = from_dict(raw)
     timers = Timers()
     window: dict[str, float] = {}
@@ -129,13 +146,14 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
     def build_components(*a, **k):
         weighting, sampler = saved[(T, "build_components")](*a, **k)
         weighting.combine = timers.wrap("weighting", weighting.combine)
-        sampler.sample = timers.wrap("task sampling", sampler.sample)
+        if (type(sampler), "sample") not in saved:  # on the class: the prefetch thread's copy of the draws
+            patch(type(sampler), "sample", timers.wrap("task sampling", type(sampler).sample))  # has its own
         return weighting, sampler
 
     def prepare(*a, **k):
         data = saved[(T, "prepare")](*a, **k)
         for td in data.values():
-            td.task.collate = timers.wrap("collate (dynamic padding)", td.task.collate)
+            td.task.collate = timers.wrap(COLLATE, td.task.collate)
         return data
 
     def forward_backward(*a, **k):
@@ -178,6 +196,7 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
     patch(T, "tqdm", TimedBar)
     patch(T, "evaluate", evaluate)
     patch(T, "probe_gram", timers.wrap(PROBE, T.probe_gram))
+    patch(P.Lookahead, "batches", timers.wrap(WAITING, P.Lookahead.batches))
     patch(T.LoopState, "update_loss", timers.wrap("running losses", T.LoopState.update_loss))
     patch(torch.nn.utils, "clip_grad_norm_", timers.wrap("gradient clipping", torch.nn.utils.clip_grad_norm_))
     try:
@@ -195,13 +214,16 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path) -> dict:
     parts = dict(timers.total)
     model = sum(parts.get(p, 0.0) for p in MODEL_PARTS) - parts.get("weighting", 0.0)  # combine runs inside
     probe = parts.pop(PROBE, 0.0)  # periodic, like evaluation: reported apart, amortised
+    background = {k: parts.pop(k) for k in list(parts) if k.endswith(BACKGROUND)}  # overlaps the step
+    parts.pop(COLLATE, None)
     overhead = {k: v for k, v in parts.items() if k not in MODEL_PARTS}
     overhead["loop remainder (unattributed)"] = max(0.0, secs - model - probe - sum(overhead.values()))
     secs -= probe
     return {"seconds": secs, "examples": examples, "tokens": tokens, "samples_per_s": examples / secs,
             "tokens_per_s": tokens / secs, "model_seconds": model, "overhead": overhead,
             "probe_seconds": probe, "probes": timers.calls.get(PROBE, 0),
-            "run_dir": str(run_dir)}
+            "waiting_for_data_seconds": overhead.get(WAITING, 0.0), "background": background,
+            "prefetch": run_cfg.train.prefetch, "run_dir": str(run_dir)}
 
 
 class PlainLoop:
@@ -299,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     ap.add_argument("--max-train", type=int, default=None, help="cap training examples per task (faster setup)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--prefetch", type=int, default=None, help="train.prefetch for polytask (default: the config's)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
 
@@ -330,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     first = plain_loop.run(order[args.warmup: half])
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        ours = run_polytask(cfg, args.steps, args.warmup, Path(tmp))
+        ours = run_polytask(cfg, args.steps, args.warmup, Path(tmp), args.prefetch)
         print(f"(b) polytask trainer: {ours['samples_per_s']:.1f} samples/s, {ours['tokens_per_s']:.0f} tokens/s "
               f"({ours['examples']} examples in {ours['seconds']:.1f}s; run {time.perf_counter() - started:.0f}s "
               f"with setup)", flush=True)
@@ -353,14 +376,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'ratio (b)/(a)':<34}{ratio:>11.2f}x{ours['tokens_per_s'] / plain['tokens_per_s']:>11.2f}x"
           f"   target >= 3x: {'met' if ratio >= 3 else 'NOT met'}")
     print()
-    print(f"polytask step-time profile over {args.steps} steps ({step_time:.2f}s):")
+    print(f"polytask step-time profile over {args.steps} steps ({step_time:.2f}s; train.prefetch={ours['prefetch']}):")
     print(f"  {'model (forward, loss, backward, clip, optimizer)':<52}{ours['model_seconds']:>8.3f}s "
           f"{100 * ours['model_seconds'] / step_time:>6.2f}%")
     for name, secs in sorted(ours["overhead"].items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<52}{secs:>8.3f}s {100 * secs / step_time:>6.2f}%")
+        note = ""
+        if name == WAITING:  # the loop blocked on the prefetch queue (or collating: prefetch 0)
+            note = "   blocked on the prefetch queue" if ours["prefetch"] else "   collating (train.prefetch=0)"
+        print(f"  {name:<52}{secs:>8.3f}s {100 * secs / step_time:>6.2f}%{note}")
     share = 100 * overhead / step_time
     print(f"  {'polytask overhead (all of the above but the model)':<52}{overhead:>8.3f}s {share:>6.2f}%"
           f"   target < 5%: {'met' if share < 5 else 'NOT met'}")
+    for name, secs in sorted(ours["background"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<52}{secs:>8.3f}s {100 * secs / step_time:>6.2f}%   (overlaps the step: not step time)")
     if ours["probes"]:
         per_probe = ours["probe_seconds"] / ours["probes"]
         every = cfg.train.cosine_every or cfg.train.eval_every

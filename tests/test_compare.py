@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,8 @@ def test_replay_matches_what_training_drew(tiny_backbone, tmp_path, monkeypatch)
     class Counting(BatchStream):
         def next(self):
             idx = super().next()
-            drawn.append((self.seed, len(idx), sum(self.lengths[i] for i in idx)))
+            if threading.current_thread() is threading.main_thread():  # not the prefetch thread's copy
+                drawn.append((self.seed, len(idx), sum(self.lengths[i] for i in idx)))
             return idx
 
     monkeypatch.setattr(draws_mod, "BatchStream", Counting)  # StepDraws makes the trainer's streams

@@ -245,8 +245,9 @@ def compare(
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from finished sub-runs"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="N consecutive seeds, from the first of "
                                         "compare.seeds (or the config's seed); replaces compare.seeds"),
-    jobs: Optional[int] = typer.Option(None, "--jobs", help="Sub-runs trained at once, one torch thread each "
-                                       "(compare.jobs; at most one per CPU core)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Sub-runs trained at once: one GPU each when "
+                                       "GPUs are visible (at most one per GPU), else one torch thread each (at most "
+                                       "one per CPU core); compare.jobs"),
 ) -> None:
     """Did multi-task learning help? Train single-task baselines and the multi-task methods of
     CONFIG (finished sub-runs are reused), then write report.md and plots to the run folder."""

@@ -124,6 +124,9 @@ class TrainConfig:
     max_skips: int = 10  # stop when more than this many batches are skipped ...
     skip_window: int = 100  # ... within this many steps
     num_threads: int | None = None  # torch CPU threads (default: torch's choice; printed at start)
+    # micro-steps' batches collated ahead on a background thread (pinned on CUDA) while a step
+    # computes; 0: each batch is collated when its step needs it. Never changes what is trained.
+    prefetch: int = 2
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: what Accelerate picks (CUDA, MPS, else CPU)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate; fp16 adds a gradient scaler
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, mlflow, wandb (docs/tracking.md)
@@ -161,7 +164,7 @@ class CompareConfig:
     budget: Literal["converge", "examples", "steps"] = "converge"
     cap_factor: float = 3.0  # budget converge: the step cap is this multiple of the examples budget
     grid: dict[str, list[Any]] = field(default_factory=dict)  # override key -> values, same for every model
-    jobs: int = 1  # sub-runs trained at once, each in its own process with 1 torch thread (jobs > 1)
+    jobs: int = 1  # sub-runs trained at once (jobs > 1: each in its own process, one GPU or one torch thread each)
     methods: list[MethodConfig] = field(default_factory=list)  # default: one method, the base config
     single_overrides: list[str] = field(default_factory=list)  # applied to single-task runs only
     isolate: bool = True  # each sub-run in a fresh process (exact peak memory, memory returned)
@@ -412,6 +415,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
         "train.cosine_every": (t.cosine_every, 0), "train.checkpoint_every": (t.checkpoint_every, 1),
         "train.keep_checkpoints": (t.keep_checkpoints, 1), "train.max_skips": (t.max_skips, 0),
         "train.skip_window": (t.skip_window, 1), "train.num_threads": (t.num_threads, 1),
+        "train.prefetch": (t.prefetch, 0),
     }
     for i, task in enumerate(cfg.tasks):
         at_least.update({f"tasks[{i}].max_new_tokens": (task.max_new_tokens, 1),

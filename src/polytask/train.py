@@ -5,7 +5,8 @@
     loop:    for each step: draw task(s) and examples -> forward each batch -> losses
              -> (task gradients) -> weighting.combine -> backward -> non-finite check -> clip
              -> optimizer step -> log; every eval_every: evaluate, keep the best;
-             every checkpoint_every: checkpoint
+             every checkpoint_every: checkpoint. The coming micro-steps' batches are
+             collated meanwhile on a thread (``train.prefetch``, :mod:`polytask.prefetch`)
     finish:  best weights -> dev and test metrics -> summary.json, training.png
 
 Nothing here names a weighting method, an architecture, a task type or a backbone kind: they
@@ -23,6 +24,7 @@ out and gathered, and only the main process writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import signal
@@ -47,6 +49,7 @@ from polytask.errors import CheckpointError, ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines, task_gram
 from polytask.model import MultiTaskModel, build_model
+from polytask.prefetch import Lookahead, pin, pins_memory
 from polytask.registry import registered_only
 from polytask.html_report import write_run_report
 from polytask.report import plot_training
@@ -99,6 +102,7 @@ class Session:
     accelerator: object  # accelerate.Accelerator: device, autocast, backward, gradient scaler
     trackers: Trackers | None = None  # experiment trackers fed with the logged events
     progress: bool = True  # progress bars (training and evaluation)
+    feed: Lookahead | None = None  # the loop's batches, made ahead (train.prefetch); None: made in the step
 
     @property
     def device(self) -> torch.device:
@@ -258,7 +262,7 @@ def claim(run: RunFolder, overwrite: bool) -> None:
 RESUME_CHANGEABLE = frozenset({
     "name", "output_dir", "data_dir", "train.max_steps", "train.eval_every", "train.early_stopping",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_threads",
-    "train.cosine_every", "train.eval_batch_size", "train.device",
+    "train.cosine_every", "train.eval_batch_size", "train.device", "train.prefetch",
 })
 
 
@@ -355,7 +359,7 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
     bar = tqdm(total=t.max_steps, initial=state.step, desc="train", disable=not progress or not s.main,
                dynamic_ncols=True)
     started = time.perf_counter() - state.elapsed
-    with StopFlag() as stop:
+    with StopFlag() as stop, feeding(s, state.step):
         while state.step < t.max_steps:
             outcome = train_step(s, state)
             state.step += 1
@@ -381,6 +385,27 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
                 break
     bar.close()
     return state
+
+
+@contextlib.contextmanager
+def feeding(s: Session, step: int):
+    """``s.feed`` for the loop from ``step`` on: ``train.prefetch`` micro-steps' batches made
+    ahead on a thread (pinned on CUDA), stopped and joined when the loop ends, however it ends."""
+    t = s.cfg.train
+    pinned = pins_memory(s.device, t.prefetch)
+    s.feed = Lookahead(lambda indices: local_batches(s, indices, pinned), lambda: fork_draws(s.draws),
+                       t.prefetch, t.grad_accum, t.max_steps)
+    try:
+        with s.feed.start(step):
+            yield s.feed
+    finally:
+        s.feed = None
+
+
+def fork_draws(draws: StepDraws) -> StepDraws:
+    """An independent copy of ``draws`` at their position (their read-only token lengths shared)."""
+    shared = {id(draws.lengths): draws.lengths, **{id(v): v for v in draws.lengths.values()}}
+    return copy.deepcopy(draws, shared)
 
 
 def finish(s: Session, state: LoopState) -> None:
@@ -415,10 +440,10 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
     t, step = s.cfg.train, state.step
     s.model.train()
     out = StepOutcome([], {}, {}, None, None)
-    for _ in range(t.grad_accum):
-        indices = s.draws.next(step)
+    for micro in range(t.grad_accum):
+        indices = s.draws.next(step)  # on this thread, in step order: the checkpointed draws are exact
         out.names = list(indices)
-        batches, factors = local_batches(s, indices)
+        batches, factors = local_batches(s, indices) if s.feed is None else s.feed.batches(step, micro, indices)
         want_gram = len(out.names) > 1 and (step + 1) % t.log_every == 0
         result = forward_backward(s.model, s.tasks, batches, s.weighting, t, s.grad_params, want_gram, t.grad_accum,
                                   s.accelerator, factors)
@@ -447,13 +472,14 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
     return out
 
 
-def local_batches(s: Session, indices: dict[str, list[int]]) -> tuple[dict[str, dict], dict[str, float]]:
+def local_batches(s: Session, indices: dict[str, list[int]],
+                  pinned: bool = False) -> tuple[dict[str, dict], dict[str, float]]:
     """This process's slice of each task's global batch (on the device), and the factor that
     makes its mean loss its share of the global batch's (:func:`polytask.devices.shard`)."""
     batches, factors = {}, {}
     for name, idx in indices.items():
         mine, factors[name] = shard(idx, s.accelerator.process_index, s.accelerator.num_processes)
-        batches[name] = train_batch(s.data[name], mine, s.pad_id, s.device)
+        batches[name] = train_batch(s.data[name], mine, s.pad_id, s.device, pinned)
     return batches, factors
 
 
@@ -563,10 +589,14 @@ def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict
     return StepResult([float(x.detach()) for x in losses], weights.tolist(), gram)
 
 
-def train_batch(task_data, indices: list[int], pad_id: int, device: torch.device | None = None) -> dict:
-    """The padded tensors of these training examples of one task (on ``device``)."""
+def train_batch(task_data, indices: list[int], pad_id: int, device: torch.device | None = None,
+                pinned: bool = False) -> dict:
+    """The padded tensors of these training examples of one task (on ``device``; ``pinned``:
+    through page-locked memory, so that a CUDA copy runs asynchronously)."""
     batch = task_data.task.collate([task_data.features["train"][i] for i in indices], pad_id)
-    return batch if device is None else to_device(batch, device)
+    if device is None:
+        return batch
+    return to_device(pin(batch) if pinned else batch, device)
 
 
 def task_losses(model: MultiTaskModel, tasks: dict, batches: dict[str, dict]) -> tuple[list, list]:

@@ -46,9 +46,9 @@ SINGLE = "single"
 # grid keys that would change what a budget means or where a run goes: not allowed in compare.grid
 _NOT_IN_GRID = ("compare", "name", "output_dir", "data_dir", "seed", "tasks", "train.max_steps", "train.eval_every",
                 "train.early_stopping", "train.batch_size", "train.grad_accum")
-# keys that locate a run rather than define it: they may differ between a finished sub-run and
+# keys that locate or feed a run rather than define it: they may differ between a finished sub-run and
 # today's plan (e.g. the data moved) without making its numbers stale
-_LOCATION_KEYS = frozenset({"data_dir", "output_dir", "name", "train.num_threads", "compare"})
+_LOCATION_KEYS = frozenset({"data_dir", "output_dir", "name", "train.num_threads", "train.prefetch", "compare"})
 
 
 @dataclass

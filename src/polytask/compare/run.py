@@ -15,11 +15,17 @@ its memory is returned afterwards; the child gets SIGTERM (and checkpoints) if c
 :func:`train_measured` writes ``resources.json`` (wall time, peak memory, load) next to the run.
 
 **Parallel sub-runs** (``compare.jobs`` or ``--jobs N``, default 1): with N > 1, up to N isolated
-sub-runs train at once (at most one per CPU core), each in its own process with one torch
+sub-runs train at once (at most one per CPU core, or per GPU), each in its own process with one torch
 thread (``OMP_NUM_THREADS=1`` and ``MKL_NUM_THREADS=1`` in its environment, ``torch.set_num_threads(1)``
 in it). Each sub-run's seeds, data and config are its own, so its numbers are those of the same
 sub-run trained alone with one thread; only timings change (the report's load average says so).
 A thread pool (:class:`concurrent.futures.ThreadPoolExecutor`) waits on the child processes.
+
+**One GPU per sub-run.** When CUDA GPUs are visible (and ``train.device`` is ``auto`` or
+``cuda``), concurrent sub-runs are placed one per GPU: each child's ``CUDA_VISIBLE_DEVICES`` is
+one entry of the parent's visible list (the parent's own ``CUDA_VISIBLE_DEVICES`` when set, else
+``0 .. count-1``), so it trains on its ``cuda:0``; a GPU is given to the next sub-run only once
+its previous sub-run has ended, and N is capped at the number of GPUs (:class:`DeviceSlots`).
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from __future__ import annotations
 import os
 import resource
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from polytask.compare.grid import choose
 from polytask.compare.plan import Plan, SubRun, check_finished, plan_compare, plan_json
@@ -111,6 +119,8 @@ def train_measured(cfg: Config, resume: bool = False, progress: bool = False, is
            "device": "cuda" if cuda else "cpu"}
     if cuda:
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPU(s) compare placed it on
+        out["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     RunFolder(cfg.run_dir).write_resources(out)
     return out
 
@@ -130,13 +140,18 @@ def _stop_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _run_isolated(run: SubRun, resume: bool, progress: bool, threads: int | None = None) -> None:
+def _run_isolated(run: SubRun, resume: bool, progress: bool, threads: int | None = None,
+                  extra_env: dict[str, str] | None = None) -> None:
     """Train a sub-run in a fresh Python process; its output goes to ``train.log``. ``threads``:
-    the child's torch threads (and OMP/MKL threads in its environment); None: torch's default."""
+    the child's torch threads (and OMP/MKL threads in its environment); None: torch's default.
+    ``extra_env``: more variables for the child (its ``CUDA_VISIBLE_DEVICES``)."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     job = run.run_dir / "compare_job.json"
     write_json(job, {"config": to_dict(run.cfg), "resume": resume, "progress": progress, "threads": threads})
-    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = dict(extra_env or {})
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = {**os.environ, **env} if env else None
     log_path = run.run_dir / "train.log"
     with open(log_path, "ab") as log:
         out = None if progress else log  # with progress, the child's bar goes to this terminal
@@ -175,14 +190,15 @@ def _can_resume(run: SubRun) -> bool:
     return latest_good_checkpoint(folder.path, warn=lambda *a: None, run_id=folder.run_id) is not None
 
 
-def run_subrun(run: SubRun, isolate: bool, progress: bool = False, threads: int | None = None) -> str:
+def run_subrun(run: SubRun, isolate: bool, progress: bool = False, threads: int | None = None,
+               extra_env: dict[str, str] | None = None) -> str:
     """Train ``run`` unless finished; returns 'done', 'resumed' or 'trained'."""
     if run.finished:
         check_finished(run)
         return "done"
     resume = _can_resume(run)
     if isolate:
-        _run_isolated(run, resume, progress, threads)
+        _run_isolated(run, resume, progress, threads, extra_env)
     else:
         train_measured(run.cfg, resume=resume, progress=progress)
     return "resumed" if resume else "trained"
@@ -204,7 +220,8 @@ def run_compare(cfg: Config | str | Path, overrides: list[str] | None = None, pr
     write_json(plan.root / "plan.json", plan_json(plan))
     _announce(plan, echo)
     if train_missing:
-        _train_missing(plan, cc.isolate, progress, echo, jobs(cc))
+        gpus = visible_gpus() if cfg.train.device in ("auto", "cuda") else []
+        _train_missing(plan, cc.isolate, progress, echo, DeviceSlots(gpus, cc.jobs, os.cpu_count() or 1))
     else:
         for run in plan.runs:
             if run.finished:
@@ -228,19 +245,89 @@ def _announce(plan: Plan, echo: Callable[[str], None]) -> None:
         echo(f"  note: {note}")
 
 
-def jobs(cc: CompareConfig) -> int:
-    """Sub-runs trained at once: ``compare.jobs``, at most one per CPU core."""
-    return max(1, min(cc.jobs, os.cpu_count() or 1))
+def visible_gpus() -> list[str]:
+    """The GPUs sub-runs may be placed on: :func:`gpu_ids` of this process's CUDA devices."""
+    import torch
+
+    return gpu_ids(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
 
 
-def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[str], None], n_jobs: int = 1) -> None:
+def gpu_ids(visible: str | None, count: int) -> list[str]:
+    """``count`` GPUs as a child's ``CUDA_VISIBLE_DEVICES`` names them: the entries of the
+    parent's ``visible`` list (indices or UUIDs, in its order) when it is set, else ``0..count-1``."""
+    if count <= 0:
+        return []
+    if visible is None or not visible.strip():
+        return [str(i) for i in range(count)]
+    return [x.strip() for x in visible.split(",") if x.strip()][:count]
+
+
+@dataclass
+class Slot:
+    """Where one sub-run trains: its name (printed), its environment, its torch threads."""
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    threads: int | None = None
+
+
+class DeviceSlots:
+    """Places concurrent sub-runs: one GPU each when ``gpus`` (ids as :func:`gpu_ids` gives),
+    else one CPU thread each; ``jobs`` is ``compare.jobs`` capped at the GPUs, or the ``cpus``.
+
+    A slot goes to one sub-run at a time (:meth:`take` waits until one is given back), so two
+    sub-runs never share a GPU. With one job nothing is placed (the sub-run sees what compare sees).
+    """
+
+    def __init__(self, gpus: list[str], jobs: int, cpus: int):
+        self.gpus = list(gpus)
+        self.jobs = max(1, min(jobs, len(self.gpus) or cpus))
+        if self.jobs == 1:
+            free = [Slot("as configured")]
+        elif self.gpus:
+            free = [Slot(f"GPU {g}", {"CUDA_VISIBLE_DEVICES": g}, 1) for g in self.gpus[:self.jobs]]
+        else:
+            free = [Slot(f"CPU thread group {i}", {}, 1) for i in range(self.jobs)]
+        self._free = free
+        self._ready = threading.Condition()
+
+    def take(self) -> Slot:
+        with self._ready:
+            self._ready.wait_for(lambda: self._free)
+            return self._free.pop(0)
+
+    def give_back(self, slot: Slot) -> None:
+        with self._ready:
+            self._free.append(slot)
+            self._ready.notify()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Slot]:
+        taken = self.take()
+        try:
+            yield taken
+        finally:
+            self.give_back(taken)
+
+    def describe(self) -> str:
+        if self.gpus:
+            return f"up to {self.jobs} sub-runs at once, one GPU each (of {', '.join(self.gpus)})"
+        return f"up to {self.jobs} sub-runs at once, one torch thread each"
+
+
+def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[str], None],
+                   slots: DeviceSlots | None = None) -> None:
+    slots = slots or DeviceSlots([], 1, 1)
+    n_jobs = slots.jobs
     if n_jobs > 1 and not isolate:
         raise ConfigError("compare.jobs > 1 needs compare.isolate: true (each sub-run in its own process)")
-    threads = 1 if n_jobs > 1 else None
 
     def one(i: int, run: SubRun) -> None:
         started = time.perf_counter()
-        status = run_subrun(run, isolate, progress and n_jobs == 1, threads)
+        with slots.slot() as slot:
+            if n_jobs > 1 and not run.finished:
+                echo(f"[{i}/{len(plan.runs)}] {run.key}: training on {slot.name}")
+            status = run_subrun(run, isolate, progress and n_jobs == 1, slot.threads, slot.env)
         if status == "done":
             return
         summary = run.folder.read_summary()
@@ -251,7 +338,7 @@ def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[st
         for i, run in enumerate(plan.runs, 1):
             one(i, run)
         return
-    echo(f"training up to {n_jobs} sub-runs at once, one torch thread each")
+    echo(f"training {slots.describe()}")
     with ThreadPoolExecutor(max_workers=n_jobs) as pool:
         for future in [pool.submit(one, i, run) for i, run in enumerate(plan.runs, 1)]:
             future.result()  # the first failure is raised here (the others finish first)
