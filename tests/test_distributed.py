@@ -38,7 +38,9 @@ CASES = {  # name: (weighting, grad_space)
     "upgrad_last_layers": ("upgrad", "last_layers"),
     "mgda_representation": ("mgda", "representation"),
     "mgda_last_layers": ("mgda", "last_layers"),
+    "token_means": ("upgrad", "representation"),  # tagging: a mean over tokens, not examples
 }
+TASKS = {"token_means": [3, 0]}  # demo tasks by position; default: the first three (per-example means)
 
 
 def test_shard_takes_contiguous_slices_and_their_share_of_the_mean():
@@ -48,6 +50,10 @@ def test_shard_takes_contiguous_slices_and_their_share_of_the_mean():
     assert shard([9, 8, 7, 6, 5], 0, 2) == ([9, 8], 0.8)  # 2 * 2/5: the mean of the scaled means is the mean
     assert shard([9, 8, 7, 6, 5], 1, 2) == ([7, 6, 5], 1.2)
     assert shard([3], 0, 2) == ([3], 0.0) and shard([3], 1, 2) == ([3], 2.0)  # an empty slice counts 0
+    # token means: a slice's share counts its tokens (3 of 10 -> 2 * 3/10; 1 + 6 of 10 -> 2 * 7/10)
+    assert shard([9, 8, 7], 0, 2, units=[3, 1, 6]) == ([9], 0.6)
+    assert shard([9, 8, 7], 1, 2, units=[3, 1, 6]) == ([8, 7], 1.4)
+    assert shard([9, 8, 7, 6], 0, 2, units=[0, 0, 5, 1]) == ([7], 0.0)  # nothing to score: one that has, x 0
 
 
 def test_evaluation_shows_a_progress_bar_over_batches(tiny_backbone, tmp_path, capsys):
@@ -98,7 +104,8 @@ def raw_config(backbone: str, out: Path, name: str, weighting: str = "equal", gr
                batch_size: int = 4, dropout: float = 0.0, **train) -> dict:
     from conftest import demo_tasks
 
-    tasks = [dict(t, head_dropout=dropout) for t in demo_tasks(n_train=21, n_eval=20)[:3]]  # 21: ragged batches
+    demo = demo_tasks(n_train=21, n_eval=20)  # 21: ragged batches
+    tasks = [dict(demo[i], head_dropout=dropout) for i in TASKS.get(name, [0, 1, 2])]
     return {"name": name, "output_dir": str(out), "seed": 5, "model": {"backbone": backbone, "max_length": 32},
             "tasks": tasks, "weighting": {"name": weighting},
             "train": {"max_steps": 6, "batch_size": batch_size, "eval_batch_size": 8, "lr": 1e-3, "eval_every": 6,

@@ -87,20 +87,26 @@ def on_main(state, fn: Callable[[], Any]) -> None:
         raise error
 
 
-def shard(indices: list[int], rank: int, processes: int) -> tuple[list[int], float]:
+def shard(indices: list[int], rank: int, processes: int, units: list[int] | None = None) -> tuple[list[int], float]:
     """Process ``rank``'s contiguous slice of a global batch, and its loss factor.
 
-    The factor ``processes * len(slice) / len(indices)`` turns the slice's mean loss into its
-    share of the global batch's mean (the mean over processes of the scaled slice losses is the
-    global mean: 1 when the batch divides evenly). A global batch with fewer examples than
-    processes (the end of an epoch) leaves some slices empty: they take the first example with
-    factor 0, so every process runs the same computation and contributes nothing.
+    ``units`` (one per index): how many terms each example adds to its task's mean loss, 1 for
+    a per-example mean (the default), its scored tokens for a token mean (tagging, generation:
+    :meth:`polytask.tasks.base.Task.loss_units`). The factor ``processes * units(slice) /
+    units(batch)`` turns the slice's mean loss into its share of the global batch's mean (the
+    mean over processes of the scaled slice losses is the global mean, over examples or over
+    tokens). A slice with nothing to score (fewer examples than processes at the end of an
+    epoch, or examples with no scored token) takes an example that has some, with factor 0, so
+    every process runs the same computation, its loss stays finite, and it contributes nothing.
     """
     n = len(indices)
-    mine = indices[rank * n // processes:(rank + 1) * n // processes]
-    if not mine:
-        return indices[:1], 0.0
-    return mine, processes * len(mine) / n
+    units = [1] * n if units is None else units
+    lo, hi = rank * n // processes, (rank + 1) * n // processes
+    mine, total = indices[lo:hi], sum(units)
+    if not mine or sum(units[lo:hi]) == 0 or total == 0:
+        scored = [i for i, u in zip(indices, units) if u > 0] or indices
+        return scored[:1], 0.0
+    return mine, processes * sum(units[lo:hi]) / total
 
 
 def process_mean(accelerator) -> Callable[[Tensor], Tensor] | None:

@@ -478,7 +478,11 @@ def local_batches(s: Session, indices: dict[str, list[int]],
     makes its mean loss its share of the global batch's (:func:`polytask.devices.shard`)."""
     batches, factors = {}, {}
     for name, idx in indices.items():
-        mine, factors[name] = shard(idx, s.accelerator.process_index, s.accelerator.num_processes)
+        units = None
+        if s.accelerator.num_processes > 1:  # token means: a slice's share counts its tokens
+            feats = s.data[name].features["train"]
+            units = [s.tasks[name].loss_units(feats[i]) for i in idx]
+        mine, factors[name] = shard(idx, s.accelerator.process_index, s.accelerator.num_processes, units)
         batches[name] = train_batch(s.data[name], mine, s.pad_id, s.device, pinned)
     return batches, factors
 

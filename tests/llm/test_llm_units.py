@@ -308,3 +308,22 @@ def test_decoding_stops_at_eos(lm):
     task = make_task(tok)
     ids = tok("goal team", add_special_tokens=False)["input_ids"]
     assert task.decode_tokens(ids + [tok.eos_token_id] + ids) == "goal team"
+
+
+def test_loss_units_are_the_scored_target_tokens(lm, tiny_llm):
+    """Units-weighted slice losses give the whole batch's token mean (several processes)."""
+    _, tok = lm
+    task = make_task(tok)
+    feats = encode(task, tok)
+    units = [task.loss_units(f) for f in feats]
+    batch = task.collate(feats, tok.pad_token_id)
+    assert sum(units) == int((batch["labels"] != IGNORE).sum()) and len(set(units)) > 1
+    arch = build_architecture("causal_lm", fresh_backbone(tiny_llm), TASKS, {})
+    with torch.no_grad():
+        whole = float(task.loss(arch(batch, "summary").hidden, batch))
+        shared = 0.0
+        for part in (feats[:2], feats[2:]):
+            b = task.collate(part, tok.pad_token_id)
+            u = sum(task.loss_units(f) for f in part)
+            shared += u / sum(units) * float(task.loss(arch(b, "summary").hidden, b))
+    assert shared == pytest.approx(whole, rel=1e-5)

@@ -179,3 +179,32 @@ def test_binary_f1_is_of_the_positive_label():
     refs, preds = ["a", "a", "b", "b"], ["a", "b", "b", "b"]
     assert default.positive_label == "b" and default.metrics(preds, refs)["f1"] == pytest.approx(0.8)
     assert chosen.positive_label == "a" and chosen.metrics(preds, refs)["f1"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("type_", ["tagging", "classification"])
+def test_loss_units_split_a_mean_exactly(tok, type_):
+    """The units-weighted mean of two slices' losses is the whole batch's loss (how several
+    processes share one global batch: polytask.devices.shard)."""
+    task = make(type_)
+    if type_ == "tagging":
+        rows = [{"tokens": ["Johanssonville", "visited", "Paris"], "tags": ["B-PER", "O", "B-LOC"]},
+                {"tokens": ["Hi"], "tags": ["O"]},
+                {"tokens": ["New", "York", "is", "big", "today"], "tags": ["B-LOC", "I-LOC", "O", "O", "O"]}]
+    else:
+        rows = [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}, {"text": "fine", "label": "pos"}]
+    exs = parse_all(task, rows)
+    task.fit(exs)
+    feats = task.encode(exs, tok, 32)
+    units = [task.loss_units(f) for f in feats]
+    assert units == ([3, 1, 5] if type_ == "tagging" else [1, 1, 1])
+    batch, out = run_head(task, feats, tok)
+    out = out.detach()
+    whole = float(task.loss(out, batch))
+    parts = [(feats[:1], units[0]), (feats[1:], units[1] + units[2])]
+    shared = 0.0
+    for part, u in parts:
+        b = task.collate(part, tok.pad_token_id)
+        width = b["input_ids"].shape[1]
+        o = out[[feats.index(f) for f in part]][:, :width] if out.dim() == 3 else out[[feats.index(f) for f in part]]
+        shared += u / sum(units) * float(task.loss(o, b))
+    assert shared == pytest.approx(whole, rel=1e-6)

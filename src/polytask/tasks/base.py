@@ -199,6 +199,12 @@ class Task:
     def loss(self, out: Tensor, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def loss_units(self, feature: dict) -> int:
+        """How many terms this training example adds to :meth:`loss`'s mean: 1 for a mean over
+        examples (the default); a token-mean loss returns its scored tokens. Used to give each
+        process its exact share of a global batch's loss (:func:`polytask.devices.shard`)."""
+        return 1
+
     def predict_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> list:
         """Predictions for one batch. Generation tasks override this to decode step by step."""
         out, _ = model(batch, self.name)

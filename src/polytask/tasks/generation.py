@@ -273,6 +273,13 @@ class GenerationTask(Task):
             out = out[scored]
         return F.cross_entropy(out.float(), labels[scored])
 
+    def loss_units(self, feature: dict) -> int:
+        """The mean is over scored target tokens: every token after the prompt (the first token
+        of a prompt-less example is not predicted), as :meth:`collate` labels them."""
+        if not feature.get("target_ids"):
+            return 0
+        return len(feature["input_ids"]) - max(feature["prompt_len"], 1)
+
     def predict_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> list:
         arch = getattr(model, "arch", model)
         if not hasattr(arch, "generate"):

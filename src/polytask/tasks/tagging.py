@@ -117,6 +117,10 @@ class TaggingTask(Task):
     def loss(self, out: Tensor, batch: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(out.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
 
+    def loss_units(self, feature: dict) -> int:
+        """The mean is over tagged word pieces: this example's first pieces of kept words."""
+        return sum(1 for label in feature["labels"] if label != IGNORE)
+
     def decode(self, out: Tensor, batch: dict[str, Tensor]) -> list[list[str]]:
         best = out.argmax(-1)  # (B, T)
         preds = []
