@@ -79,6 +79,9 @@ def test_every_example_yaml_loads(path: Path):
     if "multitask" in raw:  # a transfer benchmark plan (benchmarks/transfer.py): check each part
         check_transfer_plan(raw, path)
         return
+    if "distributed_type" in raw:  # an Accelerate launch config (examples/accelerate_fsdp.yaml)
+        check_accelerate_config(raw, path)
+        return
     cfg = load_config(path)
     assert cfg.tasks
 
@@ -150,6 +153,19 @@ def test_binary_f1_on_a_four_class_task_is_an_error():
     examples = [task.parse(Record({"text": "x", "label": lab}, "f", i))[0] for i, lab in enumerate("abcd")]
     with pytest.raises(ConfigError, match="'f1' is the binary F1 .* 4 labels"):
         task.fit(examples)
+
+
+def check_accelerate_config(raw: dict, path: Path) -> None:
+    """An FSDP2 Accelerate config that Accelerate's own loader reads, wrapping by transformer
+    layer and saving full weights (polytask then shards the model itself: polytask.sharding)."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    assert raw["distributed_type"] == "FSDP" and raw["use_cpu"] is False
+    fsdp = raw["fsdp_config"]
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    loaded = ClusterConfig.from_yaml_file(path)  # Accelerate's loader: refuses keys it does not know
+    assert loaded.distributed_type == "FSDP" and loaded.fsdp_config["fsdp_version"] == 2
 
 
 def test_a_bare_no_in_yaml_means_the_choice_no():

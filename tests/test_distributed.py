@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -203,20 +204,8 @@ def test_two_processes_of_batch_4_train_as_one_of_batch_8(case, still_backbone, 
 def test_resume_after_sigkill_of_the_whole_group(tiny_backbone, two_process_runs, tmp_path):
     config = write_yaml(resume_config(tiny_backbone, tmp_path, "whole"), tmp_path / "cut.yaml")
     run = tmp_path / "whole"
-    group = subprocess.Popen(torchrun("-m", "polytask.cli", "train", config, "--no-progress"), env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "step-0000008").is_dir() and time.monotonic() < deadline:
-            assert group.poll() is None, group.stderr.read()[-3000:]
-            time.sleep(0.01)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group.pid, signal.SIGKILL)  # torchrun and both processes, at once
-        group.wait()
-    assert not (run / "summary.json").exists(), "the run ended before it could be killed"
-    done = launch("-m", "polytask.cli", "train", "--resume", str(run), "--no-progress")
-    assert "resuming" in done.stdout
+    done, at = cut_then_resume(config, run, checkpoint=8)
+    assert 8 <= at < 24, done.stdout  # a real cut: steps are left to train
     losses, whole = train_losses(run), train_losses(two_process_runs / "whole")
     assert len(losses) == len(whole) == 24
     assert all(abs(a[k] - b[k]) <= 1e-6 for a, b in zip(losses, whole) for k in a)
@@ -226,6 +215,36 @@ def test_resume_after_sigkill_of_the_whole_group(tiny_backbone, two_process_runs
 
     with pytest.raises(CheckpointError, match="trained with 2 process"):  # each step's global batch differs
         train(resume=run, progress=False)
+
+
+def cut_then_resume(config: str, run: Path, checkpoint: int) -> tuple[subprocess.CompletedProcess, int]:
+    """Train ``config`` under torchrun, SIGKILL the whole group once checkpoint ``checkpoint``
+    exists, resume it under torchrun; returns the resume's output and the step it resumed at."""
+    group = subprocess.Popen(torchrun("-m", "polytask.cli", "train", config, "--no-progress"), env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / f"step-{checkpoint:07d}").is_dir() and time.monotonic() < deadline:
+            assert group.poll() is None, group.stderr.read()[-3000:]
+            time.sleep(0.01)
+    finally:
+        kill_all(group.pid)
+    assert not (run / "summary.json").exists(), "the run ended before it could be killed"
+    done = launch("-m", "polytask.cli", "train", "--resume", str(run), "--no-progress")
+    (at,) = re.findall(r"resuming \S+ at step (\d+)", done.stdout)
+    return done, int(at)
+
+
+def kill_all(pid: int) -> None:
+    """SIGKILL torchrun and its workers at once: torchrun starts each worker in a session of its
+    own (torch 2.13), so killing torchrun's process group would leave the workers training."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=30)
 
 
 def test_a_dying_process_ends_the_group_with_a_message(tiny_backbone, tmp_path):

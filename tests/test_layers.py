@@ -6,7 +6,8 @@ Layers, top to bottom (docs/architecture.md):
     model          model, evaluate, dataset, gradients
     components     architectures/, weighting/, tasks/, sampling, draws
     foundation     backbones/, data/, config, run_folder, files, state_io, metrics, errors,
-                   registry, batching, packing, report, html_report, tracking, prefetch, _version
+                   registry, batching, packing, report, html_report, tracking, prefetch, sharding,
+                   _version
 
 Every import counts, including those inside functions (a lazy import is still a dependency).
 """
@@ -26,7 +27,7 @@ LAYERS = {
     2: ["model", "evaluate", "dataset", "gradients"],
     1: ["architectures", "weighting", "tasks", "sampling", "draws"],
     0: ["backbones", "data", "config", "run_folder", "files", "state_io", "metrics", "errors", "registry", "devices",
-        "batching", "packing", "report", "html_report", "tracking", "prefetch", "_version"],
+        "batching", "packing", "report", "html_report", "tracking", "prefetch", "sharding", "_version"],
 }
 LAYER_NAMES = {3: "entry points", 2: "model", 1: "components", 0: "foundation"}
 

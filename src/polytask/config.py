@@ -129,6 +129,9 @@ class TrainConfig:
     prefetch: int = 2
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: what Accelerate picks (CUDA, MPS, else CPU)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate; fp16 adds a gradient scaler
+    # fsdp: parameters, gradients and optimizer state sharded over the processes (torch FSDP2
+    # fully_shard per transformer block; docs/distributed.md, polytask.sharding); none: data parallel
+    shard: Literal["none", "fsdp"] = "none"
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, mlflow, wandb (docs/tracking.md)
 
 
@@ -399,6 +402,9 @@ def validate(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: train.grad_space: 'adapters' needs an adapter shared by all tasks "
                           f"(architecture causal_lm with args.peft: shared_lora); per-task adapters have "
                           f"disjoint gradients. Use 'representation'")
+    from polytask.sharding import check_config
+
+    check_config(cfg.train, source)
     if cfg.model.kind == "causal_lm" and cfg.model.backbone == "minilm":  # the encoder default: unset
         cfg.model.backbone = "smollm2"
 

@@ -14,7 +14,9 @@ weighting sees are the global batch's (:func:`global_losses`), and the gradients
 over the processes before clipping (:func:`average_gradients`). The collectives are
 ``torch.distributed`` calls through Accelerate (gloo on CPU, NCCL on GPUs); one process that
 stops answering makes the others fail after ``POLYTASK_PROCESS_TIMEOUT`` seconds (600).
-See docs/distributed.md.
+With ``train.shard: fsdp`` the model is sharded instead (:mod:`polytask.sharding`): FSDP
+averages the sharded parameters' gradients itself and :func:`average_gradients` is given the
+others only. See docs/distributed.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ optimizer, scheduler, weighting, draws, RNGs, the loop's own counters) is in the
 Several processes (``torchrun`` / ``accelerate launch``, docs/distributed.md) run this same loop
 in lockstep: each trains on its slice of every step's global batch, the losses the weighting
 sees and the gradients are the global batch's (:mod:`polytask.devices`), evaluation is shared
-out and gathered, and only the main process writes the run folder.
+out and gathered, and only the main process writes the run folder. With ``train.shard: fsdp``
+the model is sharded over them (:mod:`polytask.sharding`): FSDP averages its gradients, clipping
+and the run folder's weights and optimizer state go through the full, gathered values.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from polytask.registry import registered_only
 from polytask.html_report import write_run_report
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
+from polytask.sharding import (clip_grad_norm, full_optimizer_state, is_shard, is_sharded, load_optimizer_state,
+                               maybe_shard, unsharded, weights_view)
 from polytask.sampling import build_sampler
 from polytask.tracking import Trackers
 from polytask.weighting import Weighting, build_weighting
@@ -302,6 +306,7 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     seed_everything(cfg.seed)  # heads are initialised the same whatever loading consumed
     accelerator = make_accelerator(t.device, t.mixed_precision)
     model = build_model(cfg, backbone, tasks).to(accelerator.device)  # the same on every process
+    maybe_shard(model, backbone, t, accelerator)  # train.shard: fsdp (polytask.sharding)
     if accelerator.process_index:  # other dropout masks on the other processes' examples
         torch.manual_seed(cfg.seed + 7919 * accelerator.process_index)
     lengths = {n: [len(f["input_ids"]) for f in data[n].features["train"]] for n in tasks}
@@ -340,6 +345,7 @@ def start(s: Session) -> LoopState:
     s.run.append_event({"kind": "start", "step": 0, "params": s.model.describe(), "train_sizes": sizes,
                         "device": str(s.device), "mixed_precision": s.cfg.train.mixed_precision,
                         "torch_threads": torch.get_num_threads(), "processes": s.accelerator.num_processes,
+                        "sharded": is_sharded(s.model),
                         "effective_batch": effective_batch(s.cfg.train, s.accelerator.num_processes),
                         **({"skipped_rows": skipped} if skipped else {})})
     return LoopState()
@@ -412,13 +418,14 @@ def finish(s: Session, state: LoopState) -> None:
     """The best weights' dev and test metrics in summary.json (their predictions in predictions/),
     and the training plot. Every process evaluates its share; the main process writes."""
     s.accelerator.wait_for_everyone()  # the main process has written the best weights
-    s.run.load_best(s.model)
+    s.run.load_best(weights_view(s.model))
     summary = {"best_step": state.best_step, "train_seconds": state.elapsed, "steps": state.step,
                "skipped_batches": len(state.skipped_steps), "params": s.model.describe()}
     for split in ("dev", "test"):
         predictions: dict = {}
-        results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions,
-                           s.progress, s.accelerator)
+        with unsharded(s.model):
+            results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions,
+                               s.progress, None if is_sharded(s.model) else s.accelerator)
         if results:
             summary[split] = results
             summary[f"{split}_macro"] = macro_score(results, s.tasks)
@@ -456,8 +463,11 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
         for name, loss, w in zip(out.names, result.losses, result.weights):
             state.update_loss(name, loss)
             out.weights[name] = w
-    average_gradients([p for g in s.optimizer.param_groups for p in g["params"]], s.accelerator)
-    norm = s.accelerator.clip_grad_norm_(s.model.parameters(), t.grad_clip or math.inf)  # unscaled first (fp16)
+    average_gradients([p for g in s.optimizer.param_groups for p in g["params"] if not is_shard(p)], s.accelerator)
+    if is_sharded(s.model):  # FSDP has reduce-scattered (averaged) the shards' gradients
+        norm = clip_grad_norm(list(s.model.parameters()), t.grad_clip or math.inf)
+    else:
+        norm = s.accelerator.clip_grad_norm_(s.model.parameters(), t.grad_clip or math.inf)  # unscaled first (fp16)
     scaled = s.accelerator.scaler is not None  # fp16: an overflow is the scaler's to skip, not a fault
     if out.fault is None and not torch.isfinite(norm) and not scaled:
         first = out.names[0]
@@ -511,16 +521,18 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
 def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
     """Dev metrics; keep the weights if the macro average improved. True: stop early."""
     t = s.cfg.train
-    results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size, progress=s.progress,
-                       accelerator=s.accelerator)  # the same results on every process
+    with unsharded(s.model):  # sharded: every process runs every batch (the blocks gather together)
+        results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size, progress=s.progress,
+                           accelerator=None if is_sharded(s.model) else s.accelerator)  # the same everywhere
     score = macro_score(results, s.tasks)
     log_event(s, {"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
                   "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()},
                   "main_metric": {n: s.tasks[n].main_metric for n in results}})
     if not results or score > state.best:
         state.best, state.best_step, state.stale = score, state.step, 0
+        weights = weights_view(s.model, gather=True)  # sharded: gathered on the main process
         if s.main:
-            s.run.save_best(s.model, {"step": state.step, "dev_macro": score})
+            s.run.save_best(weights, {"step": state.step, "dev_macro": score})
     else:
         state.stale += 1
     if s.main:
@@ -700,25 +712,31 @@ def save_checkpoint(s: Session, state: LoopState) -> None:
     if s.device.type == "cuda":  # dropout on a GPU draws from the device's own generator
         rng["cuda"] = torch.cuda.get_rng_state(s.device)
     tree = {"components": {k: v.state_dict() for k, v in s.stateful.items()}, "loop": state.__dict__, "rng": rng}
+    if is_sharded(s.model):  # full weights and optimizer state, gathered on the main process
+        tree["components"]["optimizer"] = full_optimizer_state(s.model, s.weighting, s.optimizer.optimizer)
     if s.accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         tree["processes"] = s.accelerator.num_processes
         tree["rng_by_process"] = gather_object([rng])  # one per process, by rank
+    weights = weights_view(s.model, gather=True)
     if s.main:
-        s.run.save_checkpoint(state.step, s.model, tree, keep=s.cfg.train.keep_checkpoints, config=to_dict(s.cfg))
+        s.run.save_checkpoint(state.step, weights, tree, keep=s.cfg.train.keep_checkpoints, config=to_dict(s.cfg))
 
 
 def restore_checkpoint(run: RunFolder, model: torch.nn.Module, stateful: dict, rank: int = 0,
                        processes: int = 1) -> LoopState:
     """The state of the run's newest checkpoint; process ``rank`` of ``processes`` takes its own RNG."""
-    saved = run.load_checkpoint(model)
+    saved = run.load_checkpoint(weights_view(model))
     if saved.get("processes", 1) != processes:
         raise CheckpointError(f"{run.path}: the checkpoint was trained with {saved.get('processes', 1)} process(es), "
                               f"this resume runs {processes}; resume with the same number (each step's global "
                               f"batch and every process's random state depend on it)")
     for key, obj in stateful.items():
-        obj.load_state_dict(saved["components"][key])
+        if key == "optimizer" and is_sharded(model):
+            load_optimizer_state(model, stateful["weighting"], obj.optimizer, saved["components"][key])
+        else:
+            obj.load_state_dict(saved["components"][key])
     rng = saved["rng_by_process"][rank] if processes > 1 else saved["rng"]
     torch.set_rng_state(rng["torch"])
     np_state = rng["numpy"]
