@@ -5,12 +5,14 @@ On a machine with a CUDA GPU (at most ~10 minutes)::
 
     python benchmarks/gpu_check.py --data-dir ../shared/data            # cuda, bf16
 
-prints, per run: device, precision, steps, samples/s and tokens/s of training (from the run's
-own event log: the examples and tokens that StepDraws counted, over the logged wall time,
-evaluation excluded) and peak GPU memory. ``--device cpu --steps 3`` runs the same code on the
-CPU (tests/test_benchmark_scripts.py does, so the script cannot rot where no GPU is lent).
-Not measured yet: the share of step time spent in polytask's own code (see
-benchmarks/throughput.py for the CPU profile).
+prints, per run: device, precision, steps, samples/s and tokens/s of training (the examples and
+tokens the run's seeded draws trained on, replayed exactly, over the steps after a warm-up,
+evaluation excluded), peak GPU memory, and the share of step time spent in polytask's own code
+(everything but forward, loss, backward, clipping and the optimizer: the profile of
+benchmarks/throughput.py, with ``torch.cuda.synchronize`` around every timed part on a GPU so
+that asynchronous kernels count where they are launched) and waiting for data (the prefetch
+queue). ``--device cpu --steps 3`` runs the same code on the CPU (tests/test_benchmark_scripts.py
+does, so the script cannot rot where no GPU is lent).
 """
 
 from __future__ import annotations
@@ -32,31 +34,32 @@ RUNS = {  # name -> (config, overrides that keep it short)
 def measure(name: str, config: Path, overrides: list[str], args, out_dir: str) -> dict:
     import torch
 
+    sys.path.insert(0, str(HERE))
+    from throughput import run_polytask
+
     from polytask.config import load_config
     from polytask.run_folder import RunFolder
-    from polytask.train import train
 
-    cfg = load_config(config, overrides + [f"data_dir={args.data_dir}", f"output_dir={out_dir}", f"name={name}",
-                                           f"train.max_steps={args.steps}", f"train.device={args.device}",
-                                           f"train.mixed_precision={args.precision}", "compare=null",
-                                           f"train.log_every={max(1, min(10, args.steps // 2))}"])
+    cfg = load_config(config, overrides + [f"data_dir={args.data_dir}", f"train.device={args.device}",
+                                           f"train.mixed_precision={args.precision}", "compare=null"])
     for t in cfg.tasks:  # the final evaluation is not what is measured
         t.data.max_eval = min(t.data.max_eval or 64, 64)
-    if torch.cuda.is_available():
+    warmup = max(1, min(20, args.steps // 10))
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    run = RunFolder(train(cfg, progress=False))
+    prof = run_polytask(cfg, args.steps - warmup, warmup, Path(out_dir) / name,
+                        sync=torch.cuda.synchronize if cuda else None)
     wall = time.perf_counter() - started
-    events = run.events("train")
-    last = events[-1]
-    first = events[0] if len(events) > 1 else {"elapsed": 0.0, "examples": {}, "tokens": {}}
-    secs = last["elapsed"] - first["elapsed"] or last["elapsed"]
-    examples = sum(last["examples"].values()) - sum(first["examples"].values())
-    tokens = sum(last["tokens"].values()) - sum(first["tokens"].values())
-    return {"run": name, "device": run.events("start")[0]["device"], "precision": args.precision,
-            "steps": last["step"], "samples_per_s": examples / secs, "tokens_per_s": tokens / secs,
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "wall_s": wall}
+    own = sum(prof["overhead"].values())
+    return {"run": name, "device": RunFolder(prof["run_dir"]).events("start")[0]["device"],
+            "precision": args.precision, "steps": args.steps, "measured_steps": args.steps - warmup,
+            "samples_per_s": prof["samples_per_s"], "tokens_per_s": prof["tokens_per_s"],
+            "own_code_share": 100 * own / prof["seconds"],
+            "waiting_for_data_share": 100 * prof["waiting_for_data_seconds"] / prof["seconds"],
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+            "gpu": torch.cuda.get_device_name() if cuda else None, "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             peak = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f} MiB"
             print(f"{r['run']:<14} {r['device']:<8} {r['precision']:<5} {r['steps']:>5} steps  "
                   f"{r['samples_per_s']:8.1f} samples/s  {r['tokens_per_s']:10.0f} tokens/s  peak {peak}  "
-                  f"({r['wall_s']:.0f} s)", flush=True)
+                  f"polytask's own code {r['own_code_share']:.1f}% of step time (waiting for data "
+                  f"{r['waiting_for_data_share']:.2f}%)  ({r['wall_s']:.0f} s)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0

@@ -71,10 +71,11 @@ class Timers:
     """perf_counter totals per component, counted only while the measured window is open; time
     spent on another thread than the main one is counted under ``name + BACKGROUND``."""
 
-    def __init__(self):
+    def __init__(self, sync=None):
         self.total: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.open = False
+        self.sync = sync or (lambda: None)  # CUDA: torch.cuda.synchronize, so async kernels count where launched
 
     def wrap(self, name: str, fn):
         @functools.wraps(fn)  # keeps the signature visible (Accelerate inspects optimizer.zero_grad's)
@@ -82,10 +83,12 @@ class Timers:
             if not self.open:
                 return fn(*args, **kwargs)
             key = name if threading.current_thread() is threading.main_thread() else name + BACKGROUND
+            self.sync()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                self.sync()
                 self.total[key] += time.perf_counter() - start
                 self.calls[key] += 1
 
@@ -98,8 +101,9 @@ COLLATE = "collate (dynamic padding)"  # on the main thread: inside WAITING (or 
 MODEL_PARTS = ("forward + loss + backward", "gradient clipping", "optimizer step", "lr schedule", "zero_grad")
 
 
-def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | None = None) -> dict:
-    """Train with polytask's own trainer; time the window between the logs of steps warmup and steps+warmup."""
+def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | None = None, sync=None) -> dict:
+    """Train with polytask's own trainer; time the window between the logs of steps warmup and steps+warmup.
+    ``sync``: called around every timed part (``torch.cuda.synchronize`` on a GPU)."""
     import torch
 
     import polytask.draws as D
@@ -119,7 +123,7 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | No
     if prefetch is not None:
         raw["train"]["prefetch"] = prefetch
     run_cfg = from_dict(raw)
-    timers = Timers()
+    timers = Timers(sync)
     window: dict[str, float] = {}
     saved = {}
 
@@ -135,10 +139,12 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | No
 
     def write(self, event):
         if event.get("kind") == "train" and event["step"] == warmup:
+            timers.sync()
             window["start"] = time.perf_counter()
             timers.open = True
             return orig_write(self, event)
         if event.get("kind") == "train" and event["step"] == total_steps:
+            timers.sync()
             window["end"] = time.perf_counter()
             timers.open = False
         return timers.wrap("logging (metrics.jsonl)", orig_write)(self, event)

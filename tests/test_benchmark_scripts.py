@@ -79,7 +79,8 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["steps"] == 3 and result["samples_per_s"] > 0
-    assert "glue-minilm" in proc.stdout and "samples/s" in proc.stdout
+    assert 0 < result["own_code_share"] < 100 and 0 <= result["waiting_for_data_share"] < 100
+    assert "glue-minilm" in proc.stdout and "samples/s" in proc.stdout and "polytask's own code" in proc.stdout
 
 
 @pytest.mark.slow
