@@ -79,7 +79,7 @@ def cagrad_weights(K: Tensor, c: float, eps: float = 2.2e-16) -> Tensor:
     E = psd_sqrt_factor(C).cpu().numpy()  # (k, k), columns e_t: unit gradients in a basis of their span
     n = norms.cpu().numpy()  # (k,)
     e_g0 = (A @ mean)[on].cpu().numpy() / n  # (k,) e_t . g_0
-    levels = LevelSets(E.T @ E, E, n, e_g0, r=c * math.sqrt(g0_sq), eps=eps)  # E^T E: C made PSD
+    levels = LevelSets(E, n, e_g0, r=c * math.sqrt(g0_sq), eps=eps)
     top = float((e_g0 * n + levels.r * n).min())  # no d in the ball does better than g_0 + r e_t
     if len(on) < T:
         top = min(top, 0.0)  # a zero gradient has g_t . d = 0 for every d
@@ -93,14 +93,16 @@ def cagrad_weights(K: Tensor, c: float, eps: float = 2.2e-16) -> Tensor:
 class LevelSets:
     """The projections of ``g_0`` onto ``P_s = {d : g_t . d >= s for all t}``, on unit gradients.
 
-    ``C`` (k, k): cosines ``e_s . e_t``; ``E`` (k, k): columns ``e_t`` (``E^T E = C``); ``n`` (k,): the
-    norms; ``e_g0`` (k,): ``e_t . g_0``; ``r``: the ball's radius. All relative to the largest
-    gradient (norm 1). ``eps``: the relative rounding error of the cosines.
+    ``E`` (k, k): columns ``e_t``; ``n`` (k,): the norms; ``e_g0`` (k,): ``e_t . g_0``; ``r``: the
+    ball's radius. All relative to the largest gradient (norm 1). ``eps``: the relative rounding
+    error of the cosines.
     """
 
-    def __init__(self, C: np.ndarray, E: np.ndarray, n: np.ndarray, e_g0: np.ndarray, r: float, eps: float):
-        self.C, self.E, self.n, self.e_g0, self.r = C, E, n, e_g0, r
+    def __init__(self, E: np.ndarray, n: np.ndarray, e_g0: np.ndarray, r: float, eps: float):
+        self.E, self.n, self.e_g0, self.r = E, n, e_g0, r
+        self.C = E.T @ E  # (k, k) cosines, made PSD (a float32 Gram matrix's are not quite)
         self.tol = 100.0 * max(eps, 2.2e-16)  # float64: 2.2e-14; float32: 1.2e-5
+
     def project(self, s: float) -> np.ndarray | None:
         """``beta`` (k,) >= 0 with ``g_0 + E beta`` the projection of ``g_0`` onto ``P_s``; None if
         ``P_s`` is empty. ``x = E beta`` solves the least-distance problem ``min ||x||`` subject to
