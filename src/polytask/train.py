@@ -423,9 +423,7 @@ def finish(s: Session, state: LoopState) -> None:
                "skipped_batches": len(state.skipped_steps), "params": s.model.describe()}
     for split in ("dev", "test"):
         predictions: dict = {}
-        with unsharded(s.model):
-            results = evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions,
-                               s.progress, None if is_sharded(s.model) else s.accelerator)
+        results = evaluate_split(s, split, predictions)
         if results:
             summary[split] = results
             summary[f"{split}_macro"] = macro_score(results, s.tasks)
@@ -518,12 +516,18 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
     return event
 
 
+def evaluate_split(s: Session, split: str, predictions: dict | None = None) -> dict:
+    """Metrics of ``split``, the same on every process: shared out over the processes and
+    gathered, or, with a sharded model, every batch on every process (its blocks gather together)."""
+    with unsharded(s.model):
+        return evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions, s.progress,
+                        None if is_sharded(s.model) else s.accelerator)
+
+
 def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
     """Dev metrics; keep the weights if the macro average improved. True: stop early."""
     t = s.cfg.train
-    with unsharded(s.model):  # sharded: every process runs every batch (the blocks gather together)
-        results = evaluate(s.model, s.data, "dev", s.pad_id, t.eval_batch_size, progress=s.progress,
-                           accelerator=None if is_sharded(s.model) else s.accelerator)  # the same everywhere
+    results = evaluate_split(s, "dev")  # the same results on every process
     score = macro_score(results, s.tasks)
     log_event(s, {"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
                   "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()},
