@@ -207,6 +207,7 @@ def test_compare_writes_report(compared):
     for sub in ("single/sentiment/seed3", "single/topic/seed3", "mtl/ew/seed3", "mtl/uw/seed3"):
         assert (root / sub / "summary.json").exists(), sub
         assert (root / sub / "resources.json").exists(), sub
+        assert not (root / sub / "checkpoints").exists(), sub  # a finished sub-run needs none (disk)
     results = json.loads((root / "results.json").read_text())
     for m in ("single", "ew", "uw"):
         for t in ("sentiment", "topic"):

@@ -268,3 +268,18 @@ def test_a_failed_start_leaves_no_run_folder_and_files_are_readable_by_others(ti
         assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     checkpoint = next((run / "checkpoints").iterdir())
     assert checkpoint.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_drop_checkpoints_only_once_the_run_is_finished(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    step = tmp_path / "run" / RunFolder.CHECKPOINTS / "step-0000004"
+    step.mkdir(parents=True)
+    (step / "state.pt").write_bytes(b"x" * 1000)
+    with pytest.raises(CheckpointError, match="not finished"):
+        folder.drop_checkpoints()  # an unfinished run resumes from them
+    assert step.exists()
+    for name in (RunFolder.SUMMARY, RunFolder.CONFIG, RunFolder.WEIGHTS):
+        (tmp_path / "run" / name).write_text("{}")
+    assert folder.drop_checkpoints() == 1000
+    assert not folder.has_checkpoints() and folder.is_finished()
+    assert folder.drop_checkpoints() == 0

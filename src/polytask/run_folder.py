@@ -303,6 +303,18 @@ class RunFolder:
     def has_checkpoints(self) -> bool:
         return (self.path / self.CHECKPOINTS).is_dir()
 
+    def drop_checkpoints(self) -> int:
+        """Remove a finished run's checkpoints (its best weights, summary and events stay);
+        returns the bytes freed. Refused for an unfinished run: they are what it resumes from."""
+        root = self.path / self.CHECKPOINTS
+        if not self.is_finished():
+            raise CheckpointError(f"{self.path} is not finished: its checkpoints are kept to resume from")
+        if not root.is_dir():
+            return 0
+        freed = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        shutil.rmtree(root)
+        return freed
+
     def save_checkpoint(self, step: int, model: nn.Module, state: Any, keep: int, config: dict | None = None) -> Path:
         """``checkpoints/step-N`` with the model's weights and ``state`` (a tree of tensors and
         plain values, see :mod:`polytask.state_io`), and in its manifest the ``config`` it was
