@@ -22,13 +22,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/polytask train examples/demo.yaml
+	$(BIN)/polytask train examples/demo.yaml --overwrite  # re-runnable: replaces runs/demo
+
+# one pytest worker per core (at most 4: each holds torch and a model), whole files per worker so
+# a file's module-scoped training runs are made once; tests/conftest.py gives each worker its
+# share of the cores' threads
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

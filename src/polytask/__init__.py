@@ -31,7 +31,7 @@ def load(run_dir: str | Path, allow_code: bool = False) -> "Predictor":
 
 
 def train(config: "Config | str | Path | None", overrides: Sequence[str] | None = None, *, progress: bool = True,
-          resume: str | Path | None = None) -> Path:
+          resume: str | Path | None = None, overwrite: bool = False) -> Path:
     """Train one multi-task model and return its run folder.
 
     Args:
@@ -41,12 +41,14 @@ def train(config: "Config | str | Path | None", overrides: Sequence[str] | None 
             (a bare string is one override).
         progress: show a progress bar.
         resume: a run folder to continue from its last good checkpoint.
+        overwrite: start over in a run folder that holds another run (clears its files), as the
+            CLI's ``--overwrite``; without it such a folder is refused.
     """
     from polytask.train import train as _train
 
     if isinstance(overrides, str):
         overrides = [overrides]
-    return _train(config, list(overrides or []), progress=progress, resume=resume)
+    return _train(config, list(overrides or []), progress=progress, resume=resume, overwrite=overwrite)
 
 
 _train_api = train
