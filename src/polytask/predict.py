@@ -6,7 +6,6 @@ tokenizer + label vocabularies); nothing is unpickled and nothing is downloaded.
 
 from __future__ import annotations
 
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,7 @@ from polytask.dataset import encode_all, prepare
 from polytask.devices import module_device, to_device
 from polytask.evaluate import evaluate, macro_score
 from polytask.model import MultiTaskModel, rebuild_model
-from polytask.registry import registered_only
+from polytask.registry import allowing_code, registered_only
 from polytask.run_folder import RunFolder
 from polytask.tasks import Task, build_task
 
@@ -54,13 +53,14 @@ class Predictor:
     @classmethod
     def load(cls, run_dir: str | Path, allow_code: bool = False) -> "Predictor":
         """Rebuild the trained model of ``run_dir`` (offline). A run folder may come from anywhere,
-        so only registered components are built unless ``allow_code`` (see
-        :func:`polytask.registry.registered_only`)."""
+        so only registered components are built, and its tokenizer and backbone config never run
+        their own code (``auto_map``), unless ``allow_code`` (see
+        :func:`polytask.registry.registered_only`, :func:`polytask.registry.allowing_code`)."""
         run = RunFolder(run_dir)
         run.require_complete()
         cfg = run.read_config()
         vocab = run.read_vocab()
-        guard = contextlib.nullcontext() if allow_code else registered_only(str(run.path / RunFolder.CONFIG))
+        guard = allowing_code() if allow_code else registered_only(str(run.path / RunFolder.CONFIG))
         with guard:
             tasks = {tc.name: build_task(tc) for tc in cfg.tasks}
             for name, task in tasks.items():
@@ -69,7 +69,8 @@ class Predictor:
                                           f"(config.yaml and the run's files disagree: a damaged run folder)")
                 task.load_vocab_state(vocab[name])
             model = rebuild_model(cfg, run, tasks)
-        return cls(cfg, model, tasks, run.load_tokenizer(), run)
+            tokenizer = run.load_tokenizer()
+        return cls(cfg, model, tasks, tokenizer, run)
 
     def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 64, *,
                 max_new_tokens: int | None = None) -> list:

@@ -7,6 +7,11 @@ A dotted path imports (runs) code. A config that the user gives is theirs to run
 may come from anywhere, so loading one resolves registered names only, inside
 :func:`registered_only`, unless the user allows its code explicitly (``allow_code=True``,
 ``--allow-code`` on the command line).
+
+Hugging Face folders can name code too (``auto_map`` in a tokenizer's or model's JSON).
+Every ``from_pretrained`` / ``from_config`` in polytask passes :func:`trust_remote_code`:
+``False`` (never transformers' interactive prompt) unless the user allowed code explicitly, inside
+:func:`allowing_code`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,34 @@ def registered_only(source: str) -> Iterator[None]:
         yield
     finally:
         _CODE_REFUSED_FOR.reset(token)
+
+_CODE_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("polytask_code_allowed", default=False)
+
+
+@contextlib.contextmanager
+def allowing_code() -> Iterator[None]:
+    """Within this block the user has allowed code (``allow_code=True`` / ``--allow-code``): Hugging
+    Face folders may run their own code (``trust_remote_code=True``)."""
+    token = _CODE_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _CODE_ALLOWED.reset(token)
+
+
+def trust_remote_code() -> bool:
+    """What every ``from_pretrained`` passes as ``trust_remote_code``: an explicit bool, so transformers
+    never asks on a terminal; True only inside :func:`allowing_code`."""
+    return _CODE_ALLOWED.get()
+
+
+def refuse_remote_code(exc: Exception, what: str) -> None:
+    """Raise a ConfigError for transformers' "needs trust_remote_code" refusal of ``what``; return
+    for any other error (the caller reports it)."""
+    if "trust_remote_code" in str(exc):
+        raise ConfigError(f"{what} names its own Python code (auto_map); polytask does not run code from a "
+                          f"model or run folder unless you allow it (allow_code=True, or --allow-code on the "
+                          f"command line) because you trust where it came from") from None
 
 
 def resolve(registry: dict[str, type], name: str, family: str) -> type:

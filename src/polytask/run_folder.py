@@ -40,6 +40,7 @@ from polytask._version import __version__
 from polytask.config import Config, apply_override, from_dict, to_dict
 from polytask.errors import CheckpointError, PolytaskError
 from polytask.files import FILE_MODE, atomic_write, read_json, sha256, temp_dir, temp_file, write_json, write_yaml
+from polytask.registry import refuse_remote_code, trust_remote_code
 from polytask.state_io import load_state, save_state
 
 FORMAT_VERSION = 1
@@ -220,8 +221,9 @@ class RunFolder:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.path / self.TOKENIZER)
+            return AutoTokenizer.from_pretrained(self.path / self.TOKENIZER, trust_remote_code=trust_remote_code())
         except (OSError, ValueError) as exc:
+            refuse_remote_code(exc, str(self.path / self.TOKENIZER))
             raise CheckpointError(f"{self.path / self.TOKENIZER} cannot be loaded as a tokenizer "
                                   f"(a damaged run folder; train again or restore it): {exc}") from None
 

@@ -52,7 +52,7 @@ from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines, task_gram
 from polytask.model import MultiTaskModel, build_model
 from polytask.prefetch import Lookahead, pin, pins_memory
-from polytask.registry import registered_only
+from polytask.registry import allowing_code, registered_only
 from polytask.html_report import write_run_report
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
@@ -200,14 +200,16 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
     them first). ``resume`` continues the run's own config; overrides that would change its
     trajectory are refused unless ``allow_changes`` (see :data:`RESUME_CHANGEABLE`). A resumed
     run folder's components are built from the registries only, unless ``allow_code`` (a run
-    folder may come from anywhere; see :func:`polytask.registry.registered_only`).
+    folder may come from anywhere; see :func:`polytask.registry.registered_only`); ``allow_code``
+    also lets Hugging Face folders (the backbone, the tokenizer) run their own code (``auto_map``).
     """
     cfg, run = resolve_run(cfg, overrides, resume)
     with contextlib.ExitStack() as held:  # the main process holds the folder's lock until the end
         on_main(process_state(cfg.train.device),
                 lambda: held.enter_context(own_folder(run, cfg, resume, overwrite, allow_changes)))
         trusted = resume is None or allow_code
-        with contextlib.nullcontext() if trusted else registered_only(str(run.path / RunFolder.CONFIG)):
+        with contextlib.nullcontext() if trusted else registered_only(str(run.path / RunFolder.CONFIG)), \
+                allowing_code() if allow_code else contextlib.nullcontext():
             s = set_up(cfg, run, resuming=resume is not None)
         s.progress = progress
         state = restore(s) if resume is not None else start(s)

