@@ -80,6 +80,7 @@ def pretrained_config(model_cfg):
         config = AutoConfig.from_pretrained(path, **kwargs)
         AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
+        refuse_remote_code(exc, f"model.backbone '{model_cfg.backbone}' ({path})")
         raise ConfigError(f"model.backbone: cannot load '{model_cfg.backbone}' ({path}): {exc}; without internet, "
                           f"use a local folder, or set HF_HUB_OFFLINE=1 to read the hub cache only") from None
     return config
