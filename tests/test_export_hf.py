@@ -5,6 +5,7 @@ model card lists tasks and metrics; ``--push-to-hub`` offline fails before writi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -133,3 +134,64 @@ def test_cli_export_writes_folders_and_reports_a_bad_format(exported, tmp_path):
     bad = subprocess.run(cmd + ["export", str(run), "--out", str(tmp_path / "p"), "--format", "tflite"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "the formats are: hf" in bad.stderr
+
+
+def card_groups(words: list[str], tags: list[str]) -> list[tuple[str, str]]:
+    """polytask's word tags as the token-classification pipeline groups words (``B-``/``I-``
+    dropped, a ``B-`` or a new type starts a group, ``O`` words group as ``O``)."""
+    groups: list[tuple[str, list[str]]] = []
+    for word, tag in zip(words, tags):
+        bi, kind = (tag[0], tag[2:]) if tag[:2] in ("B-", "I-") else ("I", tag)
+        if groups and groups[-1][0] == kind and bi == "I":
+            groups[-1][1].append(word)
+        else:
+            groups.append((kind, [word]))
+    return [(kind, " ".join(ws).lower()) for kind, ws in groups]
+
+
+def test_model_card_snippet_runs_from_the_exported_folder_like_polytask(exported):
+    """Issue 25.3: the card's Python block, as written, run from the exported folder offline:
+    the pipelines load (a local folder without a pipeline name was looked up on the Hub) and
+    give polytask's predictions, the tagger one tag per word (``aggregation_strategy="first"``)."""
+    import re
+
+    _, out, pred = exported
+    block = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), flags=re.S).group(1)
+    check = (f"import json\nprint(json.dumps({{'sentiment': [r['label'] for r in sentiment({TEXTS!r})],\n"
+             f"  'similarity': [r['score'] for r in similarity({[{'text': a, 'text_pair': b} for a, b in PAIRS]!r})],\n"
+             f"  'entities': [[(g['entity_group'], g['word']) for g in entities(' '.join(w), ignore_labels=[])]\n"
+             f"               for w in {SENTENCES!r}]}}))\n")
+    proc = subprocess.run([sys.executable, "-c", block + check], cwd=out, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, (block, proc.stderr[-3000:])
+    theirs = json.loads(proc.stdout.splitlines()[-1])
+    assert theirs["sentiment"] == pred.predict("sentiment", TEXTS)
+    ours = pred.predict("similarity", [{"text_a": a, "text_b": b} for a, b in PAIRS])
+    assert theirs["similarity"] == pytest.approx(ours, abs=1e-3)
+    tags = pred.predict("entities", SENTENCES)
+    assert [[tuple(g) for g in groups] for groups in theirs["entities"]] == [
+        card_groups(w, t) for w, t in zip(SENTENCES, tags)]
+
+
+def test_export_into_a_used_folder_is_refused_or_replaces_the_previous_export(exported, tmp_path):
+    """Issue 25.5: an export into a folder holding an earlier export kept the earlier task folders
+    (and --push-to-hub uploaded them); now it is refused, or replaced with --overwrite; a folder
+    of other files is never cleared."""
+    run, _, _ = exported
+    cmd = [sys.executable, "-m", "polytask.cli", "export", str(run)]
+    out = tmp_path / "o"
+    assert subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True).returncode == 0
+    (out / "tasks" / "old-task").mkdir()
+    (out / "tasks" / "old-task" / "config.json").write_text("{}")  # a task of an earlier export
+    again = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "holds a previous export; replace it with --overwrite" in again.stderr
+    assert (out / "tasks" / "old-task").is_dir()
+    replaced = subprocess.run(cmd + ["--out", str(out), "--overwrite"], capture_output=True, text=True)
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(p.name for p in (out / "tasks").iterdir()) == ["entities", "sentiment", "similarity"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    refused = subprocess.run(cmd + ["--out", str(other), "--overwrite"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "not a polytask export" in refused.stderr
+    assert (other / "notes.txt").read_text() == "mine"

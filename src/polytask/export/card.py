@@ -4,6 +4,7 @@ training config, and Delta-m against single-task models when the run came from `
 from __future__ import annotations
 
 import json
+import keyword
 import math
 from pathlib import Path
 
@@ -83,15 +84,35 @@ def _usage(manifest: dict) -> list[str]:
                   for name, folder in manifest["tasks"].items()), "```", "",
                 "Each task folder also holds the task head (`head.safetensors`: polytask's pool -> linear head) "
                 "and `polytask_adapter.json` (labels, task config); see polytask's docs/export.md.", ""]
-    lines = ["## Use", "", "```python", "from transformers import AutoModel, pipeline", "",
-             'encoder = AutoModel.from_pretrained("encoder")']
+    lines = ["## Use", "", "Run from this folder (or set `root` to it; after `--push-to-hub`, "
+             "`root = Path(huggingface_hub.snapshot_download(REPO))`):", "", "```python",
+             "from pathlib import Path", "", "from transformers import AutoModel, pipeline", "",
+             'root = Path(".")  # this folder',
+             'encoder = AutoModel.from_pretrained(root / "encoder")']
     for name, folder in manifest["tasks"].items():
-        extra = ', function_to_apply="none"' if folder in manifest.get("regression", []) else ""
-        lines.append(f'{name} = pipeline(model="{folder}"{extra})')
-    lines += ["```", "", "Sequence classifiers: the pooler (`dense + tanh`) is set to "
+        lines.append(f'{_python_name(name)} = {_pipeline_call(manifest, folder)}')
+    lines += ["```", "", "Tagging tasks use `aggregation_strategy=\"first\"`: one tag per word, from its first "
+              "word piece, as polytask tags. Regression tasks use `function_to_apply=\"none\"`: the score is "
+              "the raw output.", "", "Sequence classifiers: the pooler (`dense + tanh`) is set to "
               f"`{manifest['pooler_scale']:g} * I` and the classifier scaled back, so the logits equal polytask's "
               "(see polytask's docs/export.md); fine-tuning them further starts from that tiny pooler.", ""]
     return lines
+
+
+def _pipeline_call(manifest: dict, folder: str) -> str:
+    """The ``pipeline(...)`` of one exported task folder: the pipeline named (a local folder given
+    without one is looked up on the Hub), word-level tags for tagging, raw scores for regression."""
+    model = f'model=str(root / "{folder}")'
+    if folder in manifest.get("tagging", []):
+        return f'pipeline("token-classification", {model}, aggregation_strategy="first")'
+    extra = ', function_to_apply="none"' if folder in manifest.get("regression", []) else ""
+    return f'pipeline("text-classification", {model}{extra})'
+
+
+def _python_name(task: str) -> str:
+    """A task name as a Python variable name (``sst-2`` -> ``sst_2``, ``2nd`` -> ``task_2nd``)."""
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in task)
+    return name if name.isidentifier() and not keyword.iskeyword(name) else f"task_{name}"
 
 
 def _usage_causal_lm(manifest: dict) -> list[str]:

@@ -41,6 +41,7 @@ from polytask.architectures.hard import HardSharing
 from polytask.backbones.encoder import resolve_backbone
 from polytask.errors import PolytaskError
 from polytask.export.card import model_card
+from polytask.export.folder import claim_out_dir
 from polytask.export.llm import export_causal_lm
 from polytask.export.lora import plain_backbone, write_task_adapter
 from polytask.predict import Predictor
@@ -51,16 +52,19 @@ CHECK_TEXTS = ["The export check runs this sentence.", "Anna flew to Oslo in May
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def export_hf(run_dir: str | Path, out_dir: str | Path, push_to_hub: str | None = None) -> Path:
+def export_hf(run_dir: str | Path, out_dir: str | Path, push_to_hub: str | None = None,
+              overwrite: bool = False) -> Path:
     """Write a run as Hugging Face folders in ``out_dir`` (docs/export.md): a hard-sharing run's
     encoder and standard task models; an ``adapters`` run's encoder and per-task adapters; a
     ``causal_lm`` run's per-task PEFT adapters with their prompts (:mod:`polytask.export.llm`).
     With ``push_to_hub`` (a repo id) the folder is uploaded to the Hugging Face Hub afterwards
-    (the Hub is checked before anything is written)."""
+    (the Hub is checked before anything is written). A folder with files in it is refused, or
+    with ``overwrite`` a previous export there is replaced (:func:`claim_out_dir`)."""
+    out_dir = Path(out_dir)
     if push_to_hub:
         check_hub(push_to_hub)
     pred = Predictor.load(run_dir)
-    out_dir = Path(out_dir)
+    claim_out_dir(out_dir, overwrite)
     arch = pred.model.arch
     if isinstance(arch, HardSharing):
         manifest = export_hard(pred, out_dir)
@@ -93,7 +97,8 @@ def export_hard(pred: Predictor, out_dir: Path) -> dict:
             exported[name] = f"tasks/{name}"
     return {"run_dir": str(pred.run_dir), "kind": "hard", "encoder": "encoder", "tasks": exported,
             "not_exported": skipped, "pooler_scale": POOLER_SCALE,
-            "regression": [f for n, f in exported.items() if pred.tasks[n].type_name == "regression"]}
+            "regression": [f for n, f in exported.items() if pred.tasks[n].type_name == "regression"],
+            "tagging": [f for n, f in exported.items() if pred.tasks[n].type_name == "tagging"]}
 
 
 def export_adapters(pred: Predictor, out_dir: Path) -> dict:
@@ -243,7 +248,9 @@ def upload(out_dir: Path, repo: str) -> None:
 
     api = HfApi()
     api.create_repo(repo, exist_ok=True)
-    api.upload_folder(folder_path=str(out_dir), repo_id=repo, commit_message="polytask export")
+    # the repo's files become the folder's: files of an earlier upload that this export does not
+    # have (a task folder since removed) are deleted in the same commit
+    api.upload_folder(folder_path=str(out_dir), repo_id=repo, commit_message="polytask export", delete_patterns="*")
 
 
 __all__ = ["POOLER_SCALE", "export_hf"]

@@ -26,6 +26,7 @@ from torch import nn
 
 from polytask.architectures.hard import HardSharing
 from polytask.errors import PolytaskError
+from polytask.export.folder import claim_out_dir
 from polytask.predict import Predictor
 
 TOLERANCE = 1e-4  # largest |output difference| between onnxruntime and PyTorch accepted
@@ -57,9 +58,10 @@ class AllHeads(nn.Module):
         return tuple(outs)
 
 
-def export_onnx(run_dir: str | Path, out_dir: str | Path) -> Path:
+def export_onnx(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``model.onnx`` (encoder + all heads), the tokenizer and ``polytask_onnx.json`` of a
-    hard-sharing run to ``out_dir``, after checking onnxruntime against PyTorch."""
+    hard-sharing run to ``out_dir``, after checking onnxruntime against PyTorch. A folder with
+    files in it is refused, or with ``overwrite`` a previous export there is replaced."""
     require_onnx()
     pred = Predictor.load(run_dir)
     if not isinstance(pred.model.arch, HardSharing):
@@ -73,6 +75,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path) -> Path:
     if not names:
         raise PolytaskError(f"{run_dir}: no task of a type the ONNX export handles ({', '.join(EXPORTED_TYPES)})")
     out_dir = Path(out_dir)
+    claim_out_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapper = AllHeads(pred, names).eval()
     inputs = check_inputs(pred)
