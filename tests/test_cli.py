@@ -126,3 +126,21 @@ def test_check_prints_label_order_counts_and_the_positive_class(tmp_path, tiny_b
     assert "b (classification): train=30, 2 labels in this order: no (10), yes (20); binary f1 is of 'no'" in out
     proc = cli("check", path, "tasks.b.positive_label=maybe", check=False)
     assert proc.returncode == 2 and "tasks[b].positive_label: 'maybe' must be one of the two labels" in proc.stderr
+
+
+def strict_json(text: str):
+    """JSON as a strict parser reads it: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise AssertionError(f"not valid JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_evaluate_names_the_splits_and_scores_train(run_dir):
+    """Issue 25.2: `--split val` is one line naming the splits (not a traceback); `--split train`
+    scores the training data (not empty metrics and NaN, which is not JSON)."""
+    proc = cli("evaluate", run_dir, "--split", "val", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--split 'val': the splits are dev, test and train" in proc.stderr
+    out = strict_json(cli("evaluate", run_dir, "--split", "train").stdout)
+    assert out["split"] == "train" and set(out["metrics"]) == {"sentiment", "topic", "similarity", "entities"}
+    assert isinstance(out["macro"], float)

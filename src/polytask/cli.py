@@ -6,6 +6,7 @@ Each verb is a thin wrapper over a library function; errors become one red line 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -103,7 +104,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder written by 'polytask train'"),
-    split: str = typer.Option("dev", help="dev or test"),
+    split: str = typer.Option("dev", help="dev, test or train"),
     overrides: Optional[list[str]] = OVERRIDES,
     allow_code: bool = ALLOW_CODE,
 ) -> None:
@@ -111,7 +112,18 @@ def evaluate(
     from polytask.predict import evaluate_run
 
     result = _call(evaluate_run, run_dir, split, overrides or [], allow_code)
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (a metric undefined on its data) as ``null``: valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @app.command()
@@ -370,6 +382,8 @@ def export(
     format: str = typer.Option("hf", "--format", help="hf: Hugging Face model folders (encoder + one per task); "
                                                       "onnx: encoder + all heads as one ONNX graph"),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hub repo"),
+    overwrite: bool = typer.Option(False, help="Replace a previous export in --out (a folder with other files is "
+                                               "refused)"),
 ) -> None:
     """Write a run in a standard format (docs/export.md): the encoder and each task as Hugging Face
     model folders that AutoModel and transformers.pipeline load, with a model card (adapters and
@@ -382,10 +396,10 @@ def export(
     if format == "onnx":
         if push_to_hub:
             _fail(PolytaskError("--push-to-hub works with --format hf only"))
-        path = _call(export_onnx, run_dir, out)
+        path = _call(export_onnx, run_dir, out, overwrite)
         typer.echo(f"wrote {path / 'model.onnx'} (tokenizer and labels: {path / 'polytask_onnx.json'})")
         return
-    path = _call(export_hf, run_dir, out, push_to_hub)
+    path = _call(export_hf, run_dir, out, push_to_hub, overwrite)
     typer.echo(f"wrote {path} (model card: {path / 'README.md'})")
 
 

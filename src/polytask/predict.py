@@ -338,12 +338,18 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", overrides: list[str] |
                  allow_code: bool = False) -> dict:
     """A trained run's metrics on its configured ``split`` data; ``overrides`` may move the data
     (``data_dir=...``). The saved label vocabularies are used, not ones refit on today's files."""
+    if split not in ("dev", "test", "train"):
+        raise PolytaskError(f"--split {split!r}: the splits are dev, test and train (the names of data.dev, "
+                            f"data.test and data.train in the config)")
     pred = Predictor.load(run_dir, allow_code=allow_code)
     cfg = pred.run.read_config(overrides)
-    data = prepare(cfg, splits=("train", split))
+    data = prepare(cfg, splits=tuple(dict.fromkeys(("train", split))))
     for name, td in data.items():
         td.task = pred.tasks[name]
-        td.examples.pop("train", None)
+        if split != "train":
+            td.examples.pop("train", None)
     encode_all(data, pred.tokenizer, cfg.model.max_length)
     results = evaluate(pred.model, data, split, pred.pad_id, cfg.train.eval_batch_size)
+    if not results:
+        raise PolytaskError(f"no task of {run_dir} has {split} data (data.{split} in its config.yaml)")
     return {"split": split, "metrics": results, "macro": macro_score(results, pred.tasks)}
