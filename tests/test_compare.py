@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -387,3 +388,48 @@ def test_killing_compare_stops_its_sub_run_with_a_checkpoint(tiny_backbone, tmp_
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def _compare_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "polytask.cli", "compare", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_compare_checks_every_sub_run_before_training_any(tiny_backbone, tmp_path):
+    """Issue 25.6: a missing test file of the third task failed only when that task's sub-run
+    started, after the others had trained; now every sub-run's data is read first and nothing trains."""
+    import yaml
+
+    rows = [{"text": f"example {i}", "label": "ab"[i % 2]} for i in range(16)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = two_task_raw(tiny_backbone, tmp_path, isolate=False, inference_examples=0, budget="steps",
+                       methods=[{"name": "ew"}])
+    raw["train"].update(max_steps=2, eval_every=2, log_every=1)
+    raw["tasks"].append({"name": "third", "type": "classification",
+                         "data": {"train": str(tmp_path / "train.jsonl"), "dev": str(tmp_path / "train.jsonl"),
+                                  "test": str(tmp_path / "missing-test.jsonl")}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = _compare_cli(path, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "missing-test.jsonl" in proc.stderr and "trained none" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "cmp").rglob("summary.json"))  # no sub-run trained
+
+
+def test_cli_compare_plan_shows_changed_finished_sub_runs_by_task_name(tiny_backbone, tmp_path):
+    """Issue 25.6: --plan listed as [finished] a sub-run that compare then refused as changed, and
+    the refusal named the task by the sub-run's own index (tasks.0) instead of the user's name."""
+    import yaml
+
+    raw = two_task_raw(tiny_backbone, tmp_path, isolate=False, inference_examples=0, budget="steps")
+    raw["train"].update(max_steps=2, eval_every=2, log_every=1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert _compare_cli(path, cwd=tmp_path).returncode == 0
+    plan = _compare_cli(path, "--plan", "tasks.topic.pooling=cls", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    line = next(x for x in plan.stdout.splitlines() if x.startswith("single/topic/seed3"))
+    assert "finished with another config (tasks.topic.pooling)" in line and "compare refuses it" in line
+    assert "[finished]" in next(x for x in plan.stdout.splitlines() if x.startswith("single/sentiment/seed3"))
+    real = _compare_cli(path, "tasks.topic.pooling=cls", cwd=tmp_path)
+    assert real.returncode == 2 and "tasks.topic.pooling" in real.stderr and "tasks.0" not in real.stderr

@@ -362,9 +362,15 @@ def adapt(
 
 
 def _print_compare_plan(p) -> None:
+    from polytask.compare.plan import changed_keys
+
     for r in p.runs:
         exp = ", ".join(f"{t}={n:.0f}" for t, n in r.budget["expected_examples"].items())
+        changed = changed_keys(r) if r.finished else []
         state = "finished" if r.finished else "to train"
+        if changed:
+            state = (f"finished with another config ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}): "
+                     f"compare refuses it; delete {r.run_dir} to retrain it")
         point = f" {', '.join(f'{k}={v}' for k, v in r.point.items())}" if r.point else ""
         cap = "cap " if p.budget_rule == "converge" else ""
         typer.echo(f"{r.key:<32} {cap}{r.budget['max_steps']:>6} steps, eval every {r.budget['eval_every']:<5} "

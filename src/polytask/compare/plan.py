@@ -355,15 +355,31 @@ def _plain_data(cfg: Config) -> dict:
     return json.loads(json.dumps(to_dict(cfg)))
 
 
-def check_finished(run: SubRun) -> None:
-    """A finished sub-run must have been trained with today's planned config."""
+def changed_keys(run: SubRun) -> list[str]:
+    """Where a sub-run folder's saved config differs from today's planned one (``[]``: the same,
+    or no saved config), tasks named as the user names them (``tasks.sst2.lr``, not the sub-run's
+    own ``tasks.0``)."""
     folder = run.folder
     if not folder.has_config():
-        return
+        return []
     try:  # read with today's schema: fields added since it was written get their defaults
         diff = config_differences(_plain_data(folder.read_config()), _plain_data(run.cfg))
     except ConfigError as exc:
-        diff = [f"{RunFolder.CONFIG} no longer reads: {exc}"]
+        return [f"{RunFolder.CONFIG} no longer reads: {exc}"]
+    names = [t.name for t in run.cfg.tasks]
+    return [_task_by_name(key, names) for key in diff]
+
+
+def _task_by_name(key: str, names: list[str]) -> str:
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] == "tasks" and parts[1].isdigit() and int(parts[1]) < len(names):
+        parts[1] = names[int(parts[1])]
+    return ".".join(parts)
+
+
+def check_finished(run: SubRun) -> None:
+    """A finished sub-run must have been trained with today's planned config."""
+    diff = changed_keys(run)
     if diff:
         shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
         raise ConfigError(

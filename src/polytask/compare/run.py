@@ -52,6 +52,7 @@ from polytask.compare.report import format_table
 from polytask.html_report import write_compare_report
 from polytask.compare.results import collect
 from polytask.compare.serving import measure_inference
+from polytask.compare.validate import validate_plan
 from polytask.config import CompareConfig, Config, from_dict, load_config, to_dict
 from polytask.errors import ConfigError, PolytaskError
 from polytask.files import read_json, write_json, write_yaml
@@ -219,6 +220,8 @@ def run_compare(cfg: Config | str | Path, overrides: list[str] | None = None, pr
     cc = cfg.compare or CompareConfig()
     prepared = Prepared(cfg, splits=("train", "dev") if cc.inference_examples > 0 else ("train",))
     plan = plan_compare(cfg, prepared=prepared)
+    if train_missing:  # every sub-run's data and components, before the first trains
+        validate_plan(plan)
     plan.root.mkdir(parents=True, exist_ok=True)
     write_yaml(plan.root / "compare.yaml", to_dict(cfg))
     write_json(plan.root / "plan.json", plan_json(plan))
