@@ -69,6 +69,12 @@ class TaskConfig:
     max_new_tokens: int = 32  # decoding length (training targets are cut to it)
     num_beams: int = 1  # 1: greedy decoding; >1: beam search
     packing: bool = False  # pack several training examples into one sequence (no cross-attention)
+    # extractive_qa (docs/qa.md): windows overlap by doc_stride tokens; decoding limits and no-answer rule
+    doc_stride: int = 128
+    max_answer_length: int = 30  # tokens
+    n_best: int = 20  # best spans kept per window while decoding
+    allow_unanswerable: bool = False  # SQuAD 2.0: questions without answers
+    null_threshold: float = 0.0  # no answer when the [CLS] start+end logit beats the best span's by more than this
 
 
 @dataclass

@@ -162,6 +162,9 @@ def data_warnings(data: dict[str, TaskData], show: int = 3) -> list[str]:
 def label_summary(td: TaskData) -> str:
     """What ``check`` prints about a task's labels: their order (the head's output order) with
     training counts, and the positive class of binary F1; empty for tasks without labels."""
+    summary = td.task.data_summary(td.examples.get("train", []), td.features.get("train"))
+    if summary:
+        return f", train: {summary}"
     labels = td.task.vocab_state().get("labels")
     if not labels:
         return ""

@@ -21,9 +21,11 @@ class DataProblem:
     line: int | None
     field: str | None
     message: str
+    item: str | None = None  # what the line is when it is not a text line, e.g. "question 56be4db0"
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
+        where += f" ({self.item})" if self.item else ""
         what = f" field '{self.field}':" if self.field else ""
         return f"{where}:{what} {self.message}"
 
@@ -56,7 +58,7 @@ def group_problems(problems: list[DataProblem], show_lines: int = 3) -> list[str
             out.append(str(same[0]))
             continue
         first = same[0]
-        lines = ", ".join(str(p.line) for p in same[:show_lines]) + (", ..." if len(same) > show_lines else "")
+        lines = ", ".join(f"{p.line} ({p.item})" if p.item else str(p.line) for p in same[:show_lines]) + (", ..." if len(same) > show_lines else "")
         what = f" field '{first.field}':" if first.field else ""
         out.append(f"{first.file}:{what} {first.message} ({len(same)} rows: lines {lines})")
     return out

@@ -322,6 +322,10 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     if accelerator.is_main_process:
         print(f"training on {accelerator.device} (mixed precision: {t.mixed_precision}, torch threads: "
               f"{torch.get_num_threads()})\n{describe_batch(t, accelerator.num_processes)}", file=sys.stderr)
+        for name, td in data.items():  # e.g. extractive QA: questions (what budgets count) and windows
+            summary = td.task.data_summary(td.examples["train"], td.features["train"])
+            if summary:
+                print(f"task '{name}' train: {summary}", file=sys.stderr)
     if not resuming and accelerator.is_main_process:
         save_run_files(cfg, run, tasks, tokenizer, backbone)
     return Session(cfg, run, data, tasks, model, weighting, draws, accelerator.prepare_optimizer(optimizer),

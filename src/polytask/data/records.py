@@ -15,9 +15,10 @@ from polytask.data.conll import read_conll
 from polytask.data.delimited import read_delimited
 from polytask.data.hf import read_hf
 from polytask.data.jsonl import read_jsonl
+from polytask.data.squad import read_squad
 from polytask.errors import DataProblem
 
-FORMATS = ("jsonl", "csv", "tsv", "conll", "hf")
+FORMATS = ("jsonl", "csv", "tsv", "conll", "hf", "squad")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
               ".conll": "conll", ".txt": "conll", ".iob": "conll"}
 
@@ -44,6 +45,8 @@ def read_records(path: str | Path, fmt: str | None = None, *, max_examples: int 
     if fmt in ("csv", "tsv"):
         return read_delimited(path, fmt, max_examples=max_examples, delimiter=delimiter,
                               encoding=encoding)
+    if fmt == "squad":
+        return read_squad(path, max_examples=max_examples, encoding=encoding)
     if fmt == "conll":
         return read_conll(path, max_examples=max_examples, tag_column=tag_column,
                           encoding=encoding)

@@ -44,6 +44,7 @@ from polytask.export.card import model_card
 from polytask.export.folder import claim_out_dir
 from polytask.export.llm import export_causal_lm
 from polytask.export.lora import plain_backbone, write_task_adapter
+from polytask.export.qa import export_qa
 from polytask.predict import Predictor
 
 POOLER_SCALE = 1e-4
@@ -144,6 +145,8 @@ def save_encoder(pred: Predictor, out: Path) -> None:
 def export_task(pred: Predictor, name: str, out: Path) -> str | None:
     """Write task ``name`` as a standard task-model folder; the reason it cannot be, or None."""
     task = pred.tasks[name]
+    if task.type_name == "extractive_qa":  # an AutoModelForQuestionAnswering folder
+        return export_qa(pred, name, out, TOLERANCE)
     if task.type_name not in ("classification", "regression", "tagging"):
         return f"{task.type_name} tasks have no standard transformers task model"
     if task.type_name != "tagging" and task.cfg.pooling != "cls":

@@ -150,6 +150,11 @@ class Task:
     def vocab_state(self) -> dict:
         return {}
 
+    def data_summary(self, examples: list[Example], features: list[dict] | None = None) -> str:
+        """A line about this task's data for ``check`` and the training log (e.g. extractive QA's
+        questions, contexts and windows); empty when the example count says it all."""
+        return ""
+
     def load_vocab_state(self, state: dict) -> None:
         pass
 
