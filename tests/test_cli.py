@@ -1,6 +1,7 @@
 """The command line, run as a user would run it (a real subprocess), on the tiny backbone."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -144,3 +145,26 @@ def test_evaluate_names_the_splits_and_scores_train(run_dir):
     out = strict_json(cli("evaluate", run_dir, "--split", "train").stdout)
     assert out["split"] == "train" and set(out["metrics"]) == {"sentiment", "topic", "similarity", "entities"}
     assert isinstance(out["macro"], float)
+
+
+def test_predict_input_file_skips_bad_lines_and_counts_honestly(run_dir, tmp_path):
+    """Issue 25.7: one bad line rejected the whole file (no skip), a problem was counted once per
+    task ("3 data problems" over two bullets), and "wrote 6 predictions" counted skipped rows."""
+    rows = ['{"text": "Anna loved the soup"}', '{not json', '{"text": ""}', '{"text": "a late flight"}',
+            '{"text_a": "a dog", "text_b": "a cat"}', '{"tokens": ["Anna", "flew"]}',
+            '{"text": "the chef made soup"}', '{"text": "Oslo in May"}']
+    data = tmp_path / "in.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    proc = cli("predict", run_dir, "--input", data, check=False)  # every task: sentiment and topic read 'text'
+    assert proc.returncode == 2 and "--on-invalid skip" in proc.stderr, proc.stderr
+    counted = int(re.search(r"(\d+) data problems:", proc.stderr).group(1))
+    assert counted == proc.stderr.count("  - ") and proc.stderr.count(":3: field 'text': empty text") == 1
+    out = tmp_path / "out.jsonl"
+    proc = cli("predict", run_dir, "--input", data, "--output", out, "--on-invalid", "skip")
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["input"] for r in written] == [json.loads(x) for i, x in enumerate(rows) if i not in (1, 2)]
+    assert f"{data}:2: invalid JSON" in proc.stderr and f"{data}:3: field 'text': empty text" in proc.stderr
+    assert f"wrote 6 rows to {out}: 6 of 8 inputs predicted; 2 invalid, left out" in proc.stdout
+    one = cli("predict", run_dir, "--task", "topic", "--input", data, "--output", out, "--on-invalid", "skip")
+    assert f"wrote 4 rows to {out}: 4 of 8 inputs predicted; 4 invalid, left out" in one.stdout  # --task: missing
+    assert f"{data}:5: field 'text': missing field" in one.stderr  # fields are problems too

@@ -133,41 +133,81 @@ def predict(
     text: Optional[list[str]] = typer.Option(None, help="Input text (repeatable)"),
     input: Optional[Path] = typer.Option(None, "--input", help="JSONL or CSV/TSV file of inputs"),
     output: Optional[Path] = typer.Option(None, help="Write JSONL here instead of stdout"),
+    on_invalid: str = typer.Option("error", "--on-invalid", help="error: any unreadable line or invalid value "
+                                   "stops (every problem listed); skip: predict the other inputs and list the "
+                                   "skipped ones on stderr"),
     allow_code: bool = ALLOW_CODE,
 ) -> None:
-    """Predict with a trained run, for one task or all tasks, from --text or an --input file."""
+    """Predict with a trained run, for one task or all tasks, from --text or an --input file.
+
+    One JSON line per input: the input and each task's prediction; a task an input lacks the
+    fields of is listed under "skipped" (every task); --on-invalid skip leaves out bad inputs.
+    """
     from polytask.predict import Predictor
 
     from polytask.data.records import Record
-    from polytask.errors import DataError
 
     try:
+        if on_invalid not in ("error", "skip"):
+            raise PolytaskError(f"--on-invalid {on_invalid!r}: use error or skip")
         records, unreadable = read_inputs(text, input)
         pred = Predictor.load(run_dir, allow_code=allow_code)
         names = [task] if task else list(pred.tasks)
+        records, dropped = valid_inputs(pred, names, records, unreadable, task is not None, on_invalid == "skip")
         # every task: one encoder pass per input where the architecture allows, and only the
         # tasks whose fields an input has (the others are listed under "skipped")
-        if unreadable:  # every problem of the file at once: unreadable lines and bad fields
-            try:
-                pred.parse_inputs(names, records, strict=task is not None)
-            except DataError as exc:
-                raise DataError(unreadable + exc.problems) from None
-            raise DataError(unreadable)
         results = {task: pred.predict(task, records)} if task else pred.predict_all(records)
     except USER_ERRORS as exc:
         _fail(exc)
     inputs = [r.fields if isinstance(r, Record) else r for r in records]
+    written = write_predictions(inputs, names, results, output)
+    if dropped:
+        from polytask.errors import group_problems
+
+        typer.secho(f"skipped {len(dropped)} input(s) (--on-invalid skip):", fg=typer.colors.YELLOW, err=True)
+        for line in group_problems(dropped):
+            typer.secho(f"  - {line}", fg=typer.colors.YELLOW, err=True)
+    if output:
+        left_out = len({(p.file, p.line) for p in dropped})
+        notes = [f"{len(inputs) - written} with no task's fields (their rows list why under 'skipped')"] * (
+            written < len(inputs)) + [f"{left_out} invalid, left out (listed above)"] * bool(left_out)
+        typer.echo(f"wrote {len(inputs)} rows to {output}: {written} of {len(inputs) + left_out} inputs predicted"
+                   + "".join(f"; {n}" for n in notes))
+
+
+def valid_inputs(pred, names: list[str], records: list, unreadable: list, strict: bool, skip: bool):
+    """The inputs every problem of which (unreadable lines, invalid values) is reported at once;
+    with ``skip`` the bad ones are dropped instead: ``(kept inputs, their problems)``."""
+    from polytask.errors import DataError
+
+    pred._check_tasks(names)
+    problems = list(unreadable)
+    try:
+        pred.parse_inputs(names, records, strict=strict)
+    except DataError as exc:
+        problems += exc.problems
+    if problems and not skip:
+        raise DataError(problems, hint="(--on-invalid skip predicts the other inputs and lists the skipped ones)")
+    bad = {(p.file, p.line) for p in problems}
+    where = [(r.file, r.line) if hasattr(r, "line") else ("<input>", i + 1) for i, r in enumerate(records)]
+    return [r for r, w in zip(records, where) if w not in bad], list(dict.fromkeys(problems))
+
+
+def write_predictions(inputs: list, names: list[str], results, output: Path | None) -> int:
+    """One JSON line per input (to ``output`` or stdout); returns how many have a prediction."""
     skipped = getattr(results, "skipped", {})
+    predicted = 0
     out = open(output, "w") if output else sys.stdout
     for i, item in enumerate(inputs):
         row = {"input": item, **{name: results[name][i] for name in names if i not in skipped.get(name, {})}}
         missed = {name: s[i] for name, s in skipped.items() if i in s}
         if missed:
             row["skipped"] = missed
+        predicted += len(row) > 1 + bool(missed)
         out.write(json.dumps(row) + "\n")
     if output:
         out.close()
-        typer.echo(f"wrote {len(inputs)} predictions to {output}")
+    return predicted
 
 
 @app.command()

@@ -37,12 +37,14 @@ class DataError(PolytaskError):
     number of rows and the first few line numbers, not thousands of lines.
     """
 
-    def __init__(self, problems: list[DataProblem], limit: int = 50):
-        self.problems = list(problems)
+    def __init__(self, problems: list[DataProblem], limit: int = 50, hint: str | None = None):
+        self.problems = list(dict.fromkeys(problems))  # one problem once (several tasks may read one field)
+        self.hint = hint
         groups = group_problems(self.problems)
         shown = "\n".join(f"  - {g}" for g in groups[:limit])
         more = len(groups) - limit
         tail = f"\n  ... and {more} more" if more > 0 else ""
+        tail += f"\n{hint}" if hint else ""
         n = len(self.problems)
         super().__init__(f"{n} data problem{'s' if n != 1 else ''}:\n{shown}{tail}")
 
