@@ -168,3 +168,27 @@ def test_predict_input_file_skips_bad_lines_and_counts_honestly(run_dir, tmp_pat
     one = cli("predict", run_dir, "--task", "topic", "--input", data, "--output", out, "--on-invalid", "skip")
     assert f"wrote 4 rows to {out}: 4 of 8 inputs predicted; 4 invalid, left out" in one.stdout  # --task: missing
     assert f"{data}:5: field 'text': missing field" in one.stderr  # fields are problems too
+
+
+def test_config_errors_list_every_unknown_key_with_a_suggestion(config_file, tmp_path):
+    """Issue 25.14: every unknown key at once, each with its closest known key; an override naming
+    an unknown task lists the tasks; a data error names data.on_invalid: skip."""
+    cfg = yaml.safe_load(config_file.read_text())
+    cfg["train"]["max_stpes"] = 3
+    cfg["tasks"][1]["polling"] = "cls"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = cli("check", path, check=False)
+    assert proc.returncode == 2 and "2 unknown keys:" in proc.stderr, proc.stderr
+    assert "train.max_stpes: unknown key; did you mean 'max_steps'? (known: " in proc.stderr
+    assert "tasks[1].polling: unknown key; did you mean 'pooling'? (known: " in proc.stderr
+    proc = cli("check", config_file, "tasks.topik.pooling=cls", check=False)
+    assert proc.returncode == 2 and ("no list item 'topik' (known: sentiment, topic, similarity, entities, or an "
+                                     "index 0..3); did you mean 'topic'?") in proc.stderr, proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": "a"}\n{"text": "", "label": "b"}\n')
+    cfg = yaml.safe_load(config_file.read_text())
+    cfg["tasks"].append({"name": "extra", "type": "classification", "data": {"train": str(bad)}})
+    path.write_text(yaml.safe_dump(cfg))
+    proc = cli("check", path, check=False)
+    assert proc.returncode == 2 and "data.on_invalid: skip" in proc.stderr, proc.stderr

@@ -9,6 +9,7 @@ a wrong type or a missing required key is a :class:`ConfigError` naming the dott
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -228,6 +229,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def from_dict(raw: dict, source: str = "<config>") -> Config:
+    unknown = unknown_keys(Config, raw, "")  # every unknown key at once, before the first other error
+    if len(unknown) == 1:
+        raise ConfigError(unknown[0])
+    if unknown:
+        raise ConfigError(f"{len(unknown)} unknown keys:\n" + "\n".join(f"  - {u}" for u in unknown))
     cfg = _build(Config, raw, "")
     validate(cfg, source)
     return cfg
@@ -303,7 +309,12 @@ def _list_index(items: list, part: str, path: str) -> int:
     for i, item in enumerate(items):  # address list items by their name (tasks.sst2.x)
         if isinstance(item, dict) and item.get("name") == part:
             return i
-    raise ConfigError(f"override path '{path}': no list item '{part}'")
+    names = [str(item["name"]) for item in items if isinstance(item, dict) and "name" in item]
+    close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+    known = f" (known: {', '.join(names)}, or an index 0..{len(items) - 1})" if names else (
+        f" (indices 0..{len(items) - 1})" if items else " (the list is empty)")
+    raise ConfigError(f"override path '{path}': no list item '{part}'{known}"
+                      + (f"; did you mean '{close[0]}'?" if close else ""))
 
 
 def _build(tp: Any, value: Any, path: str) -> Any:
@@ -366,8 +377,7 @@ def _build_dataclass(tp: Any, value: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(tp)}
     unknown = [k for k in value if k not in fields]
     if unknown:
-        known = ", ".join(fields)
-        raise ConfigError(f"{_join(path, unknown[0])}: unknown key (known: {known})")
+        raise ConfigError(_unknown_key(path, unknown[0], list(fields)))
     kwargs = {}
     for name, f in fields.items():
         if name in value:
@@ -375,6 +385,30 @@ def _build_dataclass(tp: Any, value: Any, path: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(path, name)}: required key is missing")
     return tp(**kwargs)
+
+
+def unknown_keys(tp: Any, value: Any, path: str) -> list[str]:
+    """One line per key of the raw ``value`` that type ``tp`` (a config dataclass, or a list,
+    mapping or optional of one) does not have, anywhere below it, each with its closest known key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints, names = typing.get_type_hints(tp), [f.name for f in dataclasses.fields(tp)]
+        return [line for k, v in value.items() for line in (
+            unknown_keys(hints[k], v, _join(path, k)) if k in names else [_unknown_key(path, k, names)])]
+    if origin in (typing.Union, types.UnionType):
+        classes = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return unknown_keys(classes[0], value, path) if len(classes) == 1 else []
+    if origin is list and isinstance(value, list):
+        return [line for i, v in enumerate(value) for line in unknown_keys(typing.get_args(tp)[0], v, f"{path}[{i}]")]
+    if origin is dict and isinstance(value, dict):
+        return [line for k, v in value.items() for line in unknown_keys(typing.get_args(tp)[1], v, _join(path, str(k)))]
+    return []
+
+
+def _unknown_key(path: str, key: Any, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{_join(path, str(key))}: unknown key{hint} (known: {', '.join(known)})"
 
 
 # A name that becomes a folder (run name, task name, compare method): one path component.

@@ -74,7 +74,10 @@ def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData
         out[tc.name], found = prepare_task(cfg, tc, splits)
         problems += found
     if problems:
-        raise DataError(problems)
+        rows = [p for p in problems if p.line is not None]
+        hint = ("(to train without the invalid rows instead, set data.on_invalid: skip on their task, or "
+                "override tasks.NAME.data.on_invalid=skip; the skipped rows are listed)") if rows else None
+        raise DataError(problems, hint=hint)
     return out
 
 
