@@ -14,6 +14,13 @@ from dataclasses import dataclass
 import torch
 
 
+def feature_length(feat: dict) -> int:
+    """An encoded example's length, for length grouping and token counts: its tokens; 1 for an
+    input without tokens (an image: every image is resized to the same size)."""
+    ids = feat.get("input_ids")
+    return len(ids) if ids is not None else 1
+
+
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
                   group: int = 50, grouped: bool = True) -> list[list[int]]:
     """Indices of every batch of one epoch (the last batch may be smaller)."""

@@ -79,13 +79,28 @@ class TaskConfig:
 
 
 @dataclass
+class ImageConfig:
+    """Image inputs (``model.kind: vision``; docs/vision.md). ``size``/``mean``/``std`` None: the
+    backbone's own preprocessing. Augmentation applies to training batches only, never to eval."""
+
+    size: int | None = None  # square side fed to the backbone (pixels)
+    mean: list[float] | None = None  # per-channel normalisation of [0, 1] pixels
+    std: list[float] | None = None
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # random resized crop: area range; [1, 1]: none
+    flip: bool = True  # random horizontal flip (p = 0.5); false for digits, text, left/right labels
+    jitter: float = 0.0  # colour jitter strength: brightness, contrast, saturation each in [1 - j, 1 + j]
+    convert: bool = False  # grey / RGBA / palette files: convert to RGB instead of reporting them
+
+
+@dataclass
 class ModelConfig:
     """The shared backbone: a hub name, a local folder, or ``minilm`` (the packaged MiniLM)."""
 
     backbone: str = "minilm"  # with kind causal_lm, the encoder default means smollm2 (SmolLM2-135M)
     max_length: int = 128  # truncation only; batches are padded to their own longest example
     dtype: Literal["float32", "bfloat16"] = "float32"
-    kind: Literal["encoder", "causal_lm"] = "encoder"  # causal_lm: a decoder LLM (docs/llm.md)
+    kind: Literal["encoder", "causal_lm", "vision"] = "encoder"  # causal_lm: a decoder LLM (docs/llm.md); vision: docs/vision.md
+    image: ImageConfig = field(default_factory=ImageConfig)  # kind vision only
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from polytask.backbones.io import PIXELS, io_of_kind
 from polytask.config import Config, TaskConfig
 from polytask.data.records import Record, read_records
-from polytask.errors import DataError, DataProblem, group_problems
+from polytask.errors import ConfigError, DataError, DataProblem, group_problems
 from polytask.tasks import Example, Task, build_task
 
 SPLITS = ("train", "dev", "test")
@@ -68,6 +69,7 @@ def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData
     dropped and listed in ``TaskData.skipped``, as long as they are at most ``data.max_invalid``
     of their split's rows.
     """
+    check_combination(cfg)
     problems: list[DataProblem] = []
     out: dict[str, TaskData] = {}
     for tc in cfg.tasks:
@@ -81,8 +83,37 @@ def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData
     return out
 
 
+def check_combination(cfg: Config) -> None:
+    """Refuse, before reading anything, a task/backbone/architecture combination that cannot
+    work: a task type that cannot read what the backbone consumes, an architecture that cannot
+    share it (each says why: ``Task.reads``, ``Architecture.refuses``)."""
+    from polytask.architectures import architecture_class
+    from polytask.tasks import REGISTRY
+
+    io = io_of_kind(cfg.model.kind)
+    for tc in cfg.tasks:
+        cls = REGISTRY.get(tc.type)
+        if cls is not None and io.consumes not in cls.reads:
+            raise ConfigError(f"tasks[{tc.name}]: a {tc.type} task reads {', '.join(sorted(cls.reads))}, but "
+                              f"model.kind={cfg.model.kind} is {io.describe}; on images use classification, "
+                              f"multilabel or regression")
+    why = architecture_class(cfg.architecture.name).refuses(io)
+    if why:
+        raise ConfigError(f"architecture.name: {cfg.architecture.name} cannot be used with model.kind="
+                          f"{cfg.model.kind}: {why}")
+
+
+def bind_inputs(cfg: Config, task: Task) -> Task:
+    """The task reads images when the backbone consumes pixels (polytask.preprocess.ImageInput)."""
+    if io_of_kind(cfg.model.kind).consumes == PIXELS:
+        from polytask.preprocess import ImageInput
+
+        task.bind_inputs(ImageInput(convert=cfg.model.image.convert))
+    return task
+
+
 def prepare_task(cfg: Config, tc: TaskConfig, splits: tuple[str, ...]) -> tuple[TaskData, list[DataProblem]]:
-    task = build_task(tc)
+    task = bind_inputs(cfg, build_task(tc))
     data = TaskData(task)
     problems: list[DataProblem] = []
     row_problems: dict[str, list[DataProblem]] = {}
@@ -193,3 +224,4 @@ def encode_all(data: dict[str, TaskData], tokenizer, max_length: int) -> None:
     for td in data.values():
         for split, examples in td.examples.items():
             td.features[split] = td.task.encode(examples, tokenizer, max_length) if examples else []
+        td.task.for_training(td.features.get("train", []))  # augmented when collated (images)

@@ -13,7 +13,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from polytask.batching import eval_batches
+from polytask.batching import eval_batches, feature_length
 from polytask.devices import module_device, to_device
 from polytask.dataset import TaskData
 from polytask.model import MultiTaskModel
@@ -88,7 +88,7 @@ def evaluate(model: MultiTaskModel, data: dict[str, TaskData], split: str, pad_i
 
 
 def lengths(feats: list[dict]) -> list[int]:
-    return [len(f["input_ids"]) for f in feats]
+    return [feature_length(f) for f in feats]
 
 
 def macro_score(results: dict[str, dict[str, float]], tasks: dict[str, Task]) -> float:

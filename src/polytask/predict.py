@@ -12,11 +12,12 @@ from typing import Any, Sequence
 
 import torch
 
-from polytask.backbones import pad_id
+from polytask.backbones import pad_id, saved_processor
+from polytask.batching import feature_length
 from polytask.batching import eval_batches
 from polytask.data.records import Record
 from polytask.errors import CheckpointError, DataError, DataProblem, PolytaskError
-from polytask.dataset import encode_all, prepare
+from polytask.dataset import bind_inputs, encode_all, prepare
 from polytask.devices import module_device, to_device
 from polytask.evaluate import evaluate, macro_score
 from polytask.model import MultiTaskModel, rebuild_model
@@ -62,14 +63,14 @@ class Predictor:
         vocab = run.read_vocab()
         guard = allowing_code() if allow_code else registered_only(str(run.path / RunFolder.CONFIG))
         with guard:
-            tasks = {tc.name: build_task(tc) for tc in cfg.tasks}
+            tasks = {tc.name: bind_inputs(cfg, build_task(tc)) for tc in cfg.tasks}
             for name, task in tasks.items():
                 if name not in vocab:
                     raise CheckpointError(f"{run.path / RunFolder.VOCAB} has no vocabulary for task '{name}' "
                                           f"(config.yaml and the run's files disagree: a damaged run folder)")
                 task.load_vocab_state(vocab[name])
             model = rebuild_model(cfg, run, tasks)
-            tokenizer = run.load_tokenizer()
+            tokenizer = saved_processor(cfg.model, run.path / RunFolder.TOKENIZER) or run.load_tokenizer()
         return cls(cfg, model, tasks, tokenizer, run)
 
     def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 64, *,
@@ -123,7 +124,8 @@ class Predictor:
     def shares_encoder(self, task: str) -> bool:
         """Whether ``task`` is predicted from the one task-independent encoder pass."""
         return bool(getattr(self.model.arch, "shared_encoder", False)) and \
-            type(self.tasks[task]).predict_batch is Task.predict_batch
+            type(self.tasks[task]).predict_batch is Task.predict_batch and \
+            self.tasks[task].inputs is None  # image inputs: one pass per task (one_pass keys rows by tokens)
 
     def generates(self, task: str) -> bool:
         """Whether ``task`` decodes text step by step (a generation task: ``max_new_tokens`` applies)."""
@@ -222,7 +224,7 @@ def as_input_list(inputs: Any) -> list:
 def task_fields(t: Task, item: Any) -> dict[str, Any]:
     """One raw input as the record fields ``t.parse`` reads (the task's field names mapped to its columns)."""
     if not isinstance(item, dict):
-        return {t.column(t.text_fields[0]): item}
+        return {t.column(t.input_fields[0]): item}
     named = set(t.text_fields) | set(t.optional_fields)
     out = {k: v for k, v in item.items() if k not in named}
     for k, v in item.items():
@@ -295,7 +297,7 @@ def task_pass(model: MultiTaskModel, t: Task, feats: list[dict], pad: int, batch
     """Task ``t``'s predictions (and probabilities) with its own forward passes."""
     preds: list = [None] * len(feats)
     probs: list = [None] * len(feats)
-    for idx in eval_batches([len(f["input_ids"]) for f in feats], batch_size):
+    for idx in eval_batches([feature_length(f) for f in feats], batch_size):
         batch = to_device(t.collate([feats[i] for i in idx], pad), module_device(model))
         if type(t).predict_batch is Task.predict_batch:
             logits, _ = model(batch, t.name)

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from polytask.backbones import check_max_length, load_backbone, pad_id
+from polytask.batching import feature_length
 from polytask.config import Config, differences, load_config, to_dict
 from polytask.dataset import TaskData, data_warnings, encode_all, prepare
 from polytask.devices import (any_process, average_gradients, global_losses, make_accelerator, on_main,
@@ -311,7 +312,7 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     maybe_shard(model, backbone, t, accelerator)  # train.shard: fsdp (polytask.sharding)
     if accelerator.process_index:  # other dropout masks on the other processes' examples
         torch.manual_seed(cfg.seed + 7919 * accelerator.process_index)
-    lengths = {n: [len(f["input_ids"]) for f in data[n].features["train"]] for n in tasks}
+    lengths = {n: [feature_length(f) for f in data[n].features["train"]] for n in tasks}
     weighting, sampler = build_components(cfg, list(tasks), [len(v) for v in lengths.values()])
     weighting.to(accelerator.device)
     global_batch = t.batch_size * accelerator.num_processes  # every process draws it, and takes its slice

@@ -19,6 +19,7 @@ from polytask.architectures.mmoe import MMoE
 from polytask.architectures.mtan import MTAN
 from polytask.architectures.ple import PLE
 from polytask.architectures.soft import SoftSharing
+from polytask.backbones.io import io_of_backbone
 from polytask.errors import ConfigError
 from polytask.registry import resolve
 
@@ -39,7 +40,7 @@ def architecture_class(name: str) -> type[Architecture]:
 
 
 def build_architecture(name: str, backbone: nn.Module, tasks: list[str], args: dict | None = None) -> Architecture:
-    cls = architecture_class(name)
+    cls = architecture_class(name).variant_for(io_of_backbone(backbone))
     args = dict(args or {})
     try:
         inspect.signature(cls).bind(backbone, tasks, **args)

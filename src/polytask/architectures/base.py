@@ -21,12 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
+from polytask.backbones.io import PIXELS, BackboneIO
 from polytask.backbones.layout import accepts_token_type_ids, transformer_blocks
 from polytask.errors import ConfigError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PIXEL_INPUTS = ("pixel_values",)  # (B, 3, S, S): what a backbone that consumes pixels reads
 
 
 @dataclass
@@ -63,6 +66,20 @@ class Architecture(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no task-independent encoder pass")
 
     @classmethod
+    def refuses(cls, io: BackboneIO) -> str | None:
+        """Why this architecture cannot share a backbone of interface ``io`` (None: it can).
+        Default: token-state backbones only; an architecture that works on images says so."""
+        if io.consumes == PIXELS:
+            return (f"it shares transformer blocks over token states and has no version for {io.describe}; "
+                    f"on images use hard or mtan")
+        return None
+
+    @classmethod
+    def variant_for(cls, io: BackboneIO) -> type["Architecture"]:
+        """The class that implements this architecture on a backbone of interface ``io`` (default: itself)."""
+        return cls
+
+    @classmethod
     def saves_backbone(cls, args: dict) -> bool:
         """Whether a run's weights include the backbone's (else only adapters are saved and the
         backbone is loaded again from its pretrained source when the run is loaded)."""
@@ -73,7 +90,14 @@ class Architecture(nn.Module):
 
     def backbone_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         keys = MODEL_INPUTS if accepts_token_type_ids(self.backbone) else MODEL_INPUTS[:2]
-        return {k: batch[k] for k in keys if k in batch}
+        return {k: batch[k] for k in keys + PIXEL_INPUTS if k in batch}
+
+    @staticmethod
+    def positions_mask(batch: dict[str, Tensor], hidden: Tensor) -> Tensor:
+        """Which positions of ``hidden`` (B, T, H) are real: the batch's attention mask for tokens;
+        every position of a feature map (B, T) when there is none."""
+        mask = batch.get("attention_mask")
+        return mask if mask is not None else torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss depends on."""

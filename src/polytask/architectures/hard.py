@@ -21,4 +21,8 @@ class HardSharing(Architecture):
         return self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
 
     def task_features(self, encoded: Tensor, batch: dict[str, Tensor], task: str) -> Features:
-        return Features(hidden=encoded, mask=batch["attention_mask"], shared=encoded)
+        return Features(hidden=encoded, mask=self.positions_mask(batch, encoded), shared=encoded)
+
+    @classmethod
+    def refuses(cls, io) -> str | None:
+        return None  # any backbone: the heads read its last states (token states, or a map's positions)

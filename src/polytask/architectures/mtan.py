@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytask.architectures.base import Architecture, Features
+from polytask.backbones.io import PIXELS, TOKENS
 from polytask.backbones.layout import hidden_size, transformer_blocks
 from polytask.errors import ConfigError
 
@@ -91,3 +92,17 @@ class MTAN(Architecture):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [p for p in self.attention[task].parameters() if p.requires_grad]
+
+    @classmethod
+    def refuses(cls, io) -> str | None:
+        return None if io.consumes == TOKENS or "pyramid" in io.produces else \
+            "it attends over the backbone's stages, and this backbone has no pyramid of feature maps"
+
+    @classmethod
+    def variant_for(cls, io) -> type[Architecture]:
+        """On a CNN: attention over its stages (:class:`polytask.architectures.mtan_conv.ConvMTAN`)."""
+        if io.consumes == PIXELS:
+            from polytask.architectures.mtan_conv import ConvMTAN
+
+            return ConvMTAN
+        return cls

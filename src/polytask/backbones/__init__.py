@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 class Kind(NamedTuple):
     load: Callable  # (backbone name, dtype) -> (model, tokenizer)
     from_config: Callable  # (config folder, dtype) -> model with random weights
+    load_model_cfg: Callable | None = None  # (ModelConfig) -> (model, processor), when load needs more than the name
+    saved_processor: Callable | None = None  # (run's tokenizer folder) -> its input processor, when not a tokenizer
 
 
 def _encoder() -> Kind:
@@ -27,13 +29,25 @@ def _causal_lm() -> Kind:
     return Kind(load_causal_lm, causal_lm_from_config)
 
 
-KINDS: dict[str, Callable[[], Kind]] = {"encoder": _encoder, "causal_lm": _causal_lm}
+def _vision() -> Kind:
+    from polytask.backbones.vision import load_vision, vision_from_config
+
+    from polytask.preprocess import ImageProcessor
+
+    return Kind(None, vision_from_config, load_vision, ImageProcessor.from_pretrained)
+
+
+KINDS: dict[str, Callable[[], Kind]] = {"encoder": _encoder, "causal_lm": _causal_lm, "vision": _vision}
 
 
 def load_backbone(model_cfg):
     """``(model, tokenizer)`` of ``model.backbone`` for ``model.kind`` (a ModelConfig), with
     gradient checkpointing on when ``model.gradient_checkpointing`` asks for it."""
-    model, tokenizer = KINDS[model_cfg.kind]().load(model_cfg.backbone, model_cfg.dtype)
+    kind = KINDS[model_cfg.kind]()
+    if kind.load_model_cfg is not None:
+        model, tokenizer = kind.load_model_cfg(model_cfg)
+    else:
+        model, tokenizer = kind.load(model_cfg.backbone, model_cfg.dtype)
     if getattr(model_cfg, "gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
     return model, tokenizer
@@ -52,6 +66,12 @@ def enable_gradient_checkpointing(model) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def saved_processor(model_cfg, folder: str | Path):
+    """A run's saved input processor when its kind has one that is not a tokenizer (images), else None."""
+    load = KINDS[model_cfg.kind]().saved_processor
+    return load(folder) if load is not None else None
+
+
 def backbone_from_config(model_cfg, config_dir: str | Path):
     """An untrained backbone of the architecture saved in ``config_dir`` (weights come later)."""
     return KINDS[model_cfg.kind]().from_config(config_dir, model_cfg.dtype)
@@ -64,6 +84,10 @@ def pretrained_config(model_cfg):
 
     from polytask.errors import ConfigError
 
+    if model_cfg.kind == "vision":
+        from polytask.backbones.vision import check_reachable
+
+        return check_reachable(model_cfg)
     if model_cfg.kind == "causal_lm":
         from polytask.backbones.causal_lm import resolve_source
 
@@ -101,4 +125,4 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-__all__ = ["KINDS", "backbone_from_config", "check_max_length", "load_backbone", "pad_id", "pretrained_config"]
+__all__ = ["KINDS", "backbone_from_config", "saved_processor", "check_max_length", "load_backbone", "pad_id", "pretrained_config"]

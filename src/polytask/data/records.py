@@ -18,14 +18,15 @@ from polytask.data.jsonl import read_jsonl
 from polytask.data.squad import read_squad
 from polytask.errors import DataProblem
 
-FORMATS = ("jsonl", "csv", "tsv", "conll", "hf", "squad")
+FORMATS = ("jsonl", "csv", "tsv", "conll", "hf", "squad", "npz", "imagefolder")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
-              ".conll": "conll", ".txt": "conll", ".iob": "conll"}
+              ".conll": "conll", ".txt": "conll", ".iob": "conll", ".npz": "npz"}
 
 
 def infer_format(path: str | Path) -> str | None:
-    """Format from the file extension (``.json`` is read as JSON Lines too), or ``None``."""
-    return EXTENSIONS.get(Path(path).suffix.lower())
+    """Format from the file extension (``.json`` is read as JSON Lines too; a folder is an image
+    folder, root/<label>/<file>), or ``None``."""
+    return "imagefolder" if Path(path).is_dir() else EXTENSIONS.get(Path(path).suffix.lower())
 
 
 def read_records(path: str | Path, fmt: str | None = None, *, max_examples: int | None = None,
@@ -50,6 +51,10 @@ def read_records(path: str | Path, fmt: str | None = None, *, max_examples: int 
     if fmt == "conll":
         return read_conll(path, max_examples=max_examples, tag_column=tag_column,
                           encoding=encoding)
+    if fmt in ("npz", "imagefolder"):
+        from polytask.data.images import read_image_folder, read_npz
+
+        return (read_npz if fmt == "npz" else read_image_folder)(path, max_examples=max_examples)
     known = ", ".join(FORMATS)
     suffix = Path(path).suffix
     what = f"unknown format '{fmt}'" if fmt else f"cannot tell the format from '{suffix}'"

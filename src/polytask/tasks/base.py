@@ -74,6 +74,12 @@ class Task:
     text_fields: ClassVar[tuple[str, ...]] = ("text",)
     optional_fields: ClassVar[tuple[str, ...]] = ("text_pair",)
     target_field: ClassVar[str] = "label"
+    #: the input kinds this task type can read (polytask.backbones.io): its head must make sense
+    #: on what a backbone consuming them produces; ``check`` refuses the others
+    reads: ClassVar[frozenset[str]] = frozenset({"tokens"})
+    #: how the task reads a non-text input (an image: polytask.preprocess.ImageInput), bound by
+    #: :meth:`bind_inputs` when the backbone consumes pixels; None: text fields, tokenized
+    inputs: Any = None
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -90,6 +96,14 @@ class Task:
         return self.main_metric not in LOWER_IS_BETTER
 
     # -- reading -----------------------------------------------------------------------------
+    def bind_inputs(self, inputs: Any) -> None:
+        """Read ``inputs.fields`` through ``inputs`` instead of text fields (None: text)."""
+        self.inputs = inputs
+
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        return self.inputs.fields if self.inputs is not None else self.text_fields
+
     def column(self, field: str) -> str:
         return self.cfg.columns.get(field, field)
 
@@ -97,18 +111,21 @@ class Task:
         """Validate one record; returns the example or the problems found in it."""
         problems: list[DataProblem] = []
         fields: dict[str, Any] = {}
-        wanted = list(self.text_fields) + ([self.target_field] if with_target else [])
+        wanted = list(self.input_fields) + ([self.target_field] if with_target else [])
         for f in wanted:
             col = self.column(f)
             if col not in record.fields:
                 avail = ", ".join(sorted(record.fields)) or "none"
                 problems.append(self._problem(record, col, f"missing column (available: {avail})"))
                 continue
-            value, msg = self.check_field(f, record.fields[col])
+            if self.inputs is not None and f in self.inputs.fields:
+                value, msg = self.inputs.read(record.fields[col], record.file)
+            else:
+                value, msg = self.check_field(f, record.fields[col])
             if msg:
                 problems.append(self._problem(record, col, msg))
             fields[f] = value
-        for f in self.optional_fields:
+        for f in self.optional_fields if self.inputs is None else ():
             col = self.column(f)
             if col in record.fields or f in self.cfg.columns:
                 value, msg = self.check_field(f, record.fields.get(col))
@@ -160,7 +177,14 @@ class Task:
 
     # -- tensors -----------------------------------------------------------------------------
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
-        """Tokenize examples (one tokenizer call for all) and attach their targets."""
+        """Tokenize examples (one tokenizer call for all) and attach their targets; with bound
+        inputs (images), ``tokenizer`` is their processor and the inputs make the features."""
+        if self.inputs is not None:
+            feats = self.inputs.encode(examples, tokenizer)
+            for feat, ex in zip(feats, examples):
+                if self.target_field in ex.fields:
+                    feat["labels"] = self.encode_target(ex.fields[self.target_field])
+            return feats
         clip = max_length * MAX_CHARS_PER_TOKEN  # a 10 MB line is not tokenized whole to keep 128 tokens
         pairs = [e.fields.get("text_pair") for e in examples]
         # a pair is never cut: how truncation shares max_length between the two texts depends
@@ -181,8 +205,18 @@ class Task:
     def encode_target(self, value: Any) -> Any:
         raise NotImplementedError
 
+    def for_training(self, feats: list[dict]) -> None:
+        """Mark encoded training features: bound inputs augment them when collated (text: nothing)."""
+        for f in feats if self.inputs is not None else ():
+            f["augment"] = True
+
     def collate(self, feats: list[dict], pad_id: int) -> dict[str, Tensor]:
-        """Pad to the longest sequence in this batch."""
+        """Pad to the longest sequence in this batch (bound inputs: their own collation)."""
+        if self.inputs is not None:
+            batch = self.inputs.collate(feats)
+            if "labels" in feats[0]:
+                batch["labels"] = self.collate_labels([f["labels"] for f in feats], 0)
+            return batch
         width = max(len(f["input_ids"]) for f in feats)
         batch = {
             "input_ids": _pad([f["input_ids"] for f in feats], width, pad_id),

@@ -21,6 +21,7 @@ from polytask.tasks.base import Example, SequenceHead, Task
 
 class ClassificationTask(Task):
     type_name = "classification"
+    reads = frozenset({"tokens", "pixels"})  # the pooled head fits token states and feature maps alike
     default_metric = "accuracy"
     metric_names = ("accuracy", "macro_f1", "matthews", "f1")
 

@@ -19,6 +19,7 @@ from polytask.tasks.base import Example, SequenceHead, Task
 
 class MultiLabelTask(Task):
     type_name = "multilabel"
+    reads = frozenset({"tokens", "pixels"})  # the pooled head fits token states and feature maps alike
     default_metric = "micro_f1"
     metric_names = ("micro_f1", "macro_f1")
 

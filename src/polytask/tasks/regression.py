@@ -21,6 +21,7 @@ from polytask.tasks.base import Example, SequenceHead, Task
 
 class RegressionTask(Task):
     type_name = "regression"
+    reads = frozenset({"tokens", "pixels"})  # the pooled head fits token states and feature maps alike
     default_metric = "pearson"
     metric_names = ("pearson", "spearman", "mse")
     target_field = "target"

