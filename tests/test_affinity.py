@@ -171,3 +171,21 @@ def test_one_task_is_refused(tiny_backbone, tmp_path):
     cfg["tasks"] = cfg["tasks"][:1]
     with pytest.raises(AffinityError, match="at least two tasks"):
         estimate(from_dict(cfg), out=tmp_path / "one", progress=False)
+
+
+def test_cli_affinity_defaults_to_its_own_folder_beside_a_trained_run(tiny_backbone, tmp_path):
+    """Issue 25.15: affinity wrote into the config's run folder by default, so after training the
+    config it was refused ("holds another run"); it now defaults to output_dir/NAME-affinity."""
+    path = tmp_path / "aff.yaml"
+    path.write_text(yaml.safe_dump(_tiny_affinity_config(tiny_backbone, tmp_path)))
+    cli = [sys.executable, "-m", "polytask.cli"]
+    trained = subprocess.run(cli + ["train", str(path), "train.max_steps=2", "--no-progress"], capture_output=True,
+                             text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    summary = (tmp_path / "runs" / "tiny" / "summary.json").read_text()
+    proc = subprocess.run(cli + ["affinity", str(path), "--steps", "2", "--every", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "runs" / "tiny-affinity" / "affinity.json").is_file()
+    assert str(tmp_path / "runs" / "tiny-affinity") in proc.stdout
+    assert (tmp_path / "runs" / "tiny" / "summary.json").read_text() == summary  # the trained run is untouched

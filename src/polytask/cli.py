@@ -332,7 +332,8 @@ def affinity(
                                         help="Training steps of the joint run (default: train.max_steps)"),
     every: int = typer.Option(10, "--every", help="A lookahead every K steps (cost: T backward + T*(T+1) forward "
                                                   "passes each)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: the config's output_dir/name)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output_dir/NAME-affinity, beside "
+                                                           "the config's own run)"),
     lookahead_lr: Optional[float] = typer.Option(None, "--lookahead-lr",
                                                  help="Lookahead step size (default: train.lr)"),
     overwrite: bool = typer.Option(False, help="Start over in a run folder that holds another run (clears its files)"),
@@ -342,7 +343,7 @@ def affinity(
     prints the inter-task affinity and gradient-cosine matrices, the best grouping for 1..T-1
     groups, each task's best partner and the cost; writes affinity.json and heatmaps into the
     run folder and its report.html (docs/affinity.md)."""
-    from polytask.affinity.run import estimate
+    from polytask.affinity.run import default_out, estimate
     from polytask.affinity.show import render
 
     try:
@@ -352,7 +353,7 @@ def affinity(
         _fail(exc)
     from polytask.config import load_config
 
-    where = out if out is not None else load_config(config, overrides or []).run_dir
+    where = out if out is not None else default_out(load_config(config, overrides or []))
     typer.echo(render(result, f"{where}/affinity.json, affinity_tag.png, affinity_cosine.png, report.html"))
 
 

@@ -57,10 +57,11 @@ def estimate(cfg: Config | str | Path, overrides: list[str] | None = None, steps
              progress: bool = True, overwrite: bool = False, lookaheads: bool = True) -> dict:
     """Train the config's tasks jointly for ``steps`` (default: ``train.max_steps``) with a
     lookahead every ``every`` steps; write ``affinity.json``, heatmaps and the report into the
-    run folder (``out``, default the config's run folder); return the result.
-    ``lookaheads=False`` trains the same run without them (for checking the trajectory)."""
+    run folder (``out``, default :func:`default_out`: beside the config's own run folder, not in
+    it); return the result. ``lookaheads=False`` trains the same run without them (for checking
+    the trajectory)."""
     cfg = prepare_config(cfg, overrides, steps, every)
-    run = RunFolder(out if out is not None else cfg.run_dir)
+    run = RunFolder(out if out is not None else default_out(cfg))
     with run.lock():
         run.remove_stale_temp_files()
         claim(run, overwrite)
@@ -75,6 +76,12 @@ def estimate(cfg: Config | str | Path, overrides: list[str] | None = None, steps
         if lookaheads:
             save(run, result)
     return result
+
+
+def default_out(cfg: Config) -> Path:
+    """``output_dir/NAME-affinity``: an affinity run of a config does not collide with (or need
+    ``--overwrite`` over) the config's own training run in ``output_dir/NAME``."""
+    return cfg.run_dir.with_name(f"{cfg.run_dir.name}-affinity")
 
 
 def prepare_config(cfg, overrides, steps, every) -> Config:
