@@ -192,3 +192,22 @@ def test_config_errors_list_every_unknown_key_with_a_suggestion(config_file, tmp
     path.write_text(yaml.safe_dump(cfg))
     proc = cli("check", path, check=False)
     assert proc.returncode == 2 and "data.on_invalid: skip" in proc.stderr, proc.stderr
+
+
+def test_help_is_wrapped_without_bool_types_and_logs_get_no_progress_bars(config_file):
+    """Issue 25.16: help showed "<bool>" on every flag and kept the docstrings' source line breaks
+    (lines broken mid-sentence); a progress bar wrote carriage returns into a log (stderr not a terminal)."""
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "polytask.cli", "train", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"}, timeout=60)
+    out = proc.stdout
+    assert "<bool>" not in out and "--overwrite " in out and "--no-overwrite" not in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("Ctrl-C"))
+    end = lines.index("", start)
+    paragraph = [line.strip() for line in lines[start:end]]
+    assert len(paragraph) > 1 and all(len(line) >= 55 for line in paragraph[:-1]), paragraph  # re-wrapped
+    proc = cli("train", config_file, "name=log-run", "train.max_steps=10", "train.eval_every=5")
+    assert "\r" not in proc.stderr and "\r" not in proc.stdout
+    assert "step 5 dev |" in proc.stdout and "step 10 dev |" in proc.stdout

@@ -15,7 +15,9 @@ import typer
 
 from polytask.errors import PolytaskError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# plain click help (rich_markup_mode=None): docstrings are re-wrapped to the terminal's width
+# instead of keeping their source line breaks, and flags show no "<bool>" value type
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Multi-task learning with pretrained language models.")
 
 def _version(value: bool) -> None:
@@ -33,8 +35,17 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 OVERRIDES = typer.Argument(None, help="Config overrides like train.max_steps=100 tasks.sst2.data.max_train=500")
-ALLOW_CODE = typer.Option(False, help="Import module:Class components named in the run folder's config "
+ALLOW_CODE = typer.Option(False, "--allow-code", help="Import module:Class components named in the run folder's config "
                                       "(only for run folders you trust)")
+
+
+PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: when stderr is a terminal; "
+                        "without them, as in a log file, a line per evaluation and no carriage returns)")
+
+
+def show_progress(flag: bool | None) -> bool:
+    """``--progress``/``--no-progress`` when given, else bars only on a terminal (a log gets no ``\\r`` noise)."""
+    return sys.stderr.isatty() if flag is None else flag
 
 
 def _fail(exc: Exception) -> None:
@@ -67,10 +78,10 @@ def train(
     config: Optional[str] = typer.Argument(None, help="YAML config file (omit with --resume)"),
     overrides: Optional[list[str]] = OVERRIDES,
     resume: Optional[Path] = typer.Option(None, help="Continue this run folder from its last good checkpoint"),
-    progress: bool = typer.Option(True, help="Show a progress bar"),
-    overwrite: bool = typer.Option(False, help="Start over in a run folder that holds another run (clears its files)"),
-    allow_changes: bool = typer.Option(False, help="With --resume: accept overrides that change the trajectory"),
-    allow_code: bool = typer.Option(False, help="With --resume: import module:Class components named in the run folder"),
+    progress: Optional[bool] = PROGRESS,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that holds another run (clears its files)"),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="With --resume: accept overrides that change the trajectory"),
+    allow_code: bool = typer.Option(False, "--allow-code", help="With --resume: import module:Class components named in the run folder"),
 ) -> None:
     """Train one multi-task model on every task in CONFIG; writes a run folder.
 
@@ -85,7 +96,7 @@ def train(
         overrides.insert(0, config)
         config = None
     try:
-        run_dir = run_train(config, overrides, progress=progress, resume=resume, overwrite=overwrite,
+        run_dir = run_train(config, overrides, progress=show_progress(progress), resume=resume, overwrite=overwrite,
                             allow_changes=allow_changes, allow_code=allow_code)
     except Interrupted as exc:
         typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
@@ -292,7 +303,8 @@ def format_summary(summary: dict) -> str:
 def compare(
     config: Path = typer.Argument(..., help="YAML config file (its compare section lists seeds and methods)"),
     overrides: Optional[list[str]] = OVERRIDES,
-    progress: bool = typer.Option(False, help="Show each sub-run's progress bar"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show each sub-run's progress "
+                                            "bar (default: when stderr is a terminal and one sub-run trains at a time)"),
     plan: bool = typer.Option(False, "--plan", help="Print the sub-runs and their budgets; train nothing"),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from finished sub-runs"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="N consecutive seeds, from the first of "
@@ -319,7 +331,7 @@ def compare(
         if plan:
             _print_compare_plan(cmp.plan_compare(cfg))
             return
-        cmp.run_compare(cfg, progress=progress, echo=typer.echo, train_missing=not report_only)
+        cmp.run_compare(cfg, progress=show_progress(progress), echo=typer.echo, train_missing=not report_only)
     except USER_ERRORS as exc:
         _fail(exc)
 
@@ -336,8 +348,8 @@ def affinity(
                                                            "the config's own run)"),
     lookahead_lr: Optional[float] = typer.Option(None, "--lookahead-lr",
                                                  help="Lookahead step size (default: train.lr)"),
-    overwrite: bool = typer.Option(False, help="Start over in a run folder that holds another run (clears its files)"),
-    progress: bool = typer.Option(True, help="Show a progress bar"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that holds another run (clears its files)"),
+    progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Which tasks to train together? One short joint run with a TAG lookahead every K steps:
     prints the inter-task affinity and gradient-cosine matrices, the best grouping for 1..T-1
@@ -348,7 +360,7 @@ def affinity(
 
     try:
         result = estimate(config, overrides or [], steps=steps, every=every, out=out, lookahead_lr=lookahead_lr,
-                          progress=progress, overwrite=overwrite)
+                          progress=show_progress(progress), overwrite=overwrite)
     except USER_ERRORS as exc:
         _fail(exc)
     from polytask.config import load_config
@@ -370,8 +382,8 @@ def adapt(
                                                     "full: the whole encoder (the run then holds the new task only)"),
     out: Optional[Path] = typer.Option(None, "--out", help="Adapted run folder, or the curves' folder with --shots "
                                        "(default: RUN_DIR-adapt-NAME / RUN_DIR-curves-NAME)"),
-    overwrite: bool = typer.Option(False, help="Replace a run already in --out"),
-    progress: bool = typer.Option(True, help="Show progress bars"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out"),
+    progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Train a new task on a trained multi-task model's encoder and save it as a run that predict and
     serve load (old tasks unchanged with head/lora); with --shots, few-shot learning curves of the
@@ -388,12 +400,12 @@ def adapt(
         name = str(read_task_file(task).get("name", "task"))
         if shots:
             where = out or Path(f"{str(run_dir).rstrip('/')}-curves-{name}")
-            result = learning_curves(run_dir, task, shots, seeds, tune, where, overrides, progress)
+            result = learning_curves(run_dir, task, shots, seeds, tune, where, overrides, show_progress(progress))
             typer.echo(table(result))
             typer.echo(f"curves: {where}/curves.md, curves.json, curves.png")
             return
         where = out or Path(f"{str(run_dir).rstrip('/')}-adapt-{name}")
-        path = run_adapt(run_dir, task, where, tune, overrides, overwrite, progress)
+        path = run_adapt(run_dir, task, where, tune, overrides, overwrite, show_progress(progress))
     except USER_ERRORS as exc:
         _fail(exc)
     from polytask.run_folder import RunFolder
@@ -429,7 +441,7 @@ def export(
     format: str = typer.Option("hf", "--format", help="hf: Hugging Face model folders (encoder + one per task); "
                                                       "onnx: encoder + all heads as one ONNX graph"),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hub repo"),
-    overwrite: bool = typer.Option(False, help="Replace a previous export in --out (a folder with other files is "
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous export in --out (a folder with other files is "
                                                "refused)"),
 ) -> None:
     """Write a run in a standard format (docs/export.md): the encoder and each task as Hugging Face

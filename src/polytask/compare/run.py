@@ -332,8 +332,9 @@ def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[st
     def one(i: int, run: SubRun) -> None:
         started = time.perf_counter()
         with slots.slot() as slot:
-            if n_jobs > 1 and not run.finished:
-                echo(f"[{i}/{len(plan.runs)}] {run.key}: training on {slot.name}")
+            if not run.finished:  # a line per sub-run, also where no progress bar shows (a log)
+                echo(f"[{i}/{len(plan.runs)}] {run.key}: training{f' on {slot.name}' if n_jobs > 1 else ''} "
+                     f"(up to {run.budget['max_steps']} steps)")
             status = run_subrun(run, isolate, progress and n_jobs == 1, slot.threads, slot.env)
         if status == "done":
             return
