@@ -246,3 +246,12 @@ def test_flat_files_with_a_column_mapping(tmp_path):
     assert not problems and [e.fields["answers"] for e, _ in exs] == [[("Ada", 7)], []]
     hf = task.parse(Record({"q": "Who?", "c": "Ada.", "answers": {"text": ["Ada"], "answer_start": [0]}}, "f", 1))
     assert hf[0].fields["answers"] == [("Ada", 0)]
+
+
+def test_the_same_squad_reader_feeds_a_generation_task(tmp_path):
+    """One reader for both: the SQuAD records' ``answer`` is a generation task's target."""
+    records, _ = read_records(write_squad(tmp_path), "squad")
+    gen = build_task(TaskConfig(name="gen", type="generation", target="answer",
+                                prompt="Context: {context}\nQuestion: {question}\nAnswer:"))
+    ex, problems = gen.parse(records[0])
+    assert not problems and ex.fields["target"] == "Oslo" and ex.fields["question"].startswith("What is the capital")
