@@ -211,3 +211,28 @@ def test_help_is_wrapped_without_bool_types_and_logs_get_no_progress_bars(config
     proc = cli("train", config_file, "name=log-run", "train.max_steps=10", "train.eval_every=5")
     assert "\r" not in proc.stderr and "\r" not in proc.stdout
     assert "step 5 dev |" in proc.stdout and "step 10 dev |" in proc.stdout
+
+
+def test_label_names_rename_numeric_labels_and_predict_shows_scores(tmp_path, tiny_backbone):
+    """Issue 25.10: a task whose data labels are numbers (TREC) predicted "3"; label_names maps
+    them to names everywhere, and predict --scores adds label probabilities (as the server does)."""
+    rows = [{"text": f"question number {i}", "label": i % 3} for i in range(24)]
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = tiny_config(tiny_backbone, tmp_path / "runs", max_steps=2, eval_every=2)
+    raw["tasks"] = [{"name": "trec", "type": "classification", "data": {"train": str(data), "dev": str(data)},
+                     "label_names": {0: "ABBR", 1: "DESC", 2: "LOC"}}]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert "3 labels in this order: ABBR (8), DESC (8), LOC (8)" in cli("check", path).stdout
+    cli("train", path, "--no-progress")
+    run = tmp_path / "runs" / "tiny"
+    out = cli("predict", run, "--text", "Who wrote Hamlet?", "--scores").stdout
+    row = json.loads(out.splitlines()[0])
+    assert row["trec"] in ("ABBR", "DESC", "LOC") and set(row["scores"]["trec"]) == {"ABBR", "DESC", "LOC"}
+    assert sum(row["scores"]["trec"].values()) == pytest.approx(1.0, abs=1e-4)
+    bad = tmp_path / "bad.yaml"
+    raw["tasks"][0]["label_names"] = {0: "ABBR", 1: "DESC"}
+    bad.write_text(yaml.safe_dump(raw))
+    proc = cli("check", bad, check=False)
+    assert proc.returncode == 2 and "label '2' has no entry in label_names" in proc.stderr

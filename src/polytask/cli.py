@@ -147,6 +147,8 @@ def predict(
     on_invalid: str = typer.Option("error", "--on-invalid", help="error: any unreadable line or invalid value "
                                    "stops (every problem listed); skip: predict the other inputs and list the "
                                    "skipped ones on stderr"),
+    scores: bool = typer.Option(False, "--scores", help="Add each label-set task's label probabilities (as the "
+                                "server's scores)"),
     allow_code: bool = ALLOW_CODE,
 ) -> None:
     """Predict with a trained run, for one task or all tasks, from --text or an --input file.
@@ -167,7 +169,10 @@ def predict(
         records, dropped = valid_inputs(pred, names, records, unreadable, task is not None, on_invalid == "skip")
         # every task: one encoder pass per input where the architecture allows, and only the
         # tasks whose fields an input has (the others are listed under "skipped")
-        results = {task: pred.predict(task, records)} if task else pred.predict_all(records)
+        if scores:
+            results = pred.predict_tasks(names, records, strict=task is not None, scores=True)
+        else:
+            results = {task: pred.predict(task, records)} if task else pred.predict_all(records)
     except USER_ERRORS as exc:
         _fail(exc)
     inputs = [r.fields if isinstance(r, Record) else r for r in records]
@@ -212,9 +217,12 @@ def write_predictions(inputs: list, names: list[str], results, output: Path | No
     for i, item in enumerate(inputs):
         row = {"input": item, **{name: results[name][i] for name in names if i not in skipped.get(name, {})}}
         missed = {name: s[i] for name, s in skipped.items() if i in s}
+        probabilities = {name: s[i] for name, s in getattr(results, "scores", {}).items() if s[i] is not None}
+        if probabilities:
+            row["scores"] = probabilities
         if missed:
             row["skipped"] = missed
-        predicted += len(row) > 1 + bool(missed)
+        predicted += len(row) > 1 + bool(missed) + bool(probabilities)
         out.write(json.dumps(row) + "\n")
     if output:
         out.close()
@@ -233,6 +241,9 @@ def serve(
     max_chars: int = typer.Option(2000, help="Characters per input at most"),
     max_new_tokens: Optional[int] = typer.Option(None, help="Largest max_new_tokens a request may ask "
                                                  "(generation tasks; default: each task's configured value)"),
+    max_body_bytes: int = typer.Option(2 * 1024 * 1024, help="Request body size at most (413 before parsing)"),
+    header_timeout: float = typer.Option(10.0, help="Seconds for a request's headers to arrive (then cut)"),
+    body_timeout: float = typer.Option(30.0, help="Seconds for a request's body to arrive (then 408)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve a trained run over HTTP (FastAPI): /v1/predict, /v1/tasks, /health, /metrics, /docs.
@@ -242,7 +253,8 @@ def serve(
     from polytask.serve import ServeSettings, serve as run_server
 
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batching=batching,
-                             max_inputs=max_inputs, max_chars=max_chars, max_new_tokens=max_new_tokens)
+                             max_inputs=max_inputs, max_chars=max_chars, max_new_tokens=max_new_tokens,
+                             max_body_bytes=max_body_bytes, header_timeout=header_timeout, body_timeout=body_timeout)
     _call(run_server, run_dir, host, port, settings, log_level)
 
 

@@ -57,6 +57,9 @@ class TaskConfig:
     # target (regression), tokens / tags (tagging). Unlisted fields use their own name.
     columns: dict[str, str] = field(default_factory=dict)
     labels: list[str] | None = None  # fix the label set/order (default: from training data)
+    # classification: the data's label values -> the names predictions, metrics and reports use
+    # (TREC's 0..5 -> ABBR, ENTY, ...); labels and positive_label then name the new names
+    label_names: dict[Any, str] | None = None
     pooling: Literal["cls", "mean"] = "cls"
     main_metric: str | None = None  # default per type: accuracy, micro_f1, pearson, f1
     positive_label: str | None = None  # binary classification: the class whose F1 is "f1" (default: the second label)

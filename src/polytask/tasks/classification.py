@@ -29,6 +29,16 @@ class ClassificationTask(Task):
         super().__init__(cfg)
         self.labels: list[str] = list(cfg.labels) if cfg.labels else []
 
+    def check_target(self, value):
+        """A label as text, renamed by ``label_names`` when the task has them (every value must be named)."""
+        value, problem = super().check_target(value)
+        names = {str(k): str(v) for k, v in (self.cfg.label_names or {}).items()}
+        if problem or not names:
+            return value, problem
+        if value not in names:
+            return value, f"label {value!r} has no entry in label_names (named: {sorted(names)})"
+        return names[value], None
+
     def fit(self, train: list[Example]) -> None:
         if not self.cfg.labels:
             self.labels = sorted({e.fields["label"] for e in train})
