@@ -255,3 +255,9 @@ def test_the_same_squad_reader_feeds_a_generation_task(tmp_path):
                                 prompt="Context: {context}\nQuestion: {question}\nAnswer:"))
     ex, problems = gen.parse(records[0])
     assert not problems and ex.fields["target"] == "Oslo" and ex.fields["question"].startswith("What is the capital")
+
+
+def test_squad_json_without_format_squad_is_named(tmp_path):
+    records, _ = read_records(write_squad(tmp_path))  # .json: read as JSON Lines
+    _, problems = qa().parse(records[0])
+    assert "set tasks[qa].data.format: squad" in problems[0].message

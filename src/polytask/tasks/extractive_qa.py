@@ -62,6 +62,9 @@ class ExtractiveQATask(Task):
 
     # -- reading -----------------------------------------------------------------------------
     def parse(self, record, with_target: bool = True):
+        if "data" in record.fields and self.column("question") not in record.fields:  # SQuAD JSON read as JSONL
+            return None, [DataProblem(record.file, record.line, None, "this looks like SQuAD JSON ({data: [...]}); "
+                                      f"set tasks[{self.name}].data.format: squad")]
         problems, fields = [], {"id": str(record.fields.get(self.column("id"), record.line))}
         for f in self.text_fields:
             value = record.fields.get(self.column(f))

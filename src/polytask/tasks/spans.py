@@ -123,8 +123,8 @@ class Span:
 
 def window_spans(logits: Tensor, first: int, offsets: list[tuple[int, int]], max_answer_length: int,
                  k: int, window: int) -> list[Span]:
-    """The valid spans among one window's ``k`` best start and ``k`` best end context tokens:
-    end >= start, at most ``max_answer_length`` tokens. ``logits``: (T, 2), one window."""
+    """The ``k`` best valid spans among one window's ``k`` best start and ``k`` best end context
+    tokens: end >= start, at most ``max_answer_length`` tokens. ``logits``: (T, 2), one window."""
     n = len(offsets)
     if n == 0:
         return []
@@ -134,12 +134,11 @@ def window_spans(logits: Tensor, first: int, offsets: list[tuple[int, int]], max
     ends = torch.topk(end, min(k, n)).indices  # (k,)
     i, j = starts[:, None], ends[None, :]  # (k, 1), (1, k)
     ok = (j >= i) & (j - i < max_answer_length)  # (k, k)
-    pair = start[starts][:, None] + end[ends][None, :]  # (k, k)
-    out = []
-    for a, b in ok.nonzero().tolist():
-        s, e = int(starts[a]), int(ends[b])
-        out.append(Span(offsets[s][0], offsets[e][1], float(pair[a, b]), window))
-    return out
+    pair = (start[starts][:, None] + end[ends][None, :]).masked_fill(~ok, -math.inf)  # (k, k)
+    best = torch.topk(pair.flatten(), min(k, int(ok.sum()))).indices.tolist()  # the k best valid pairs
+    width = len(ends)
+    return [Span(offsets[int(starts[t // width])][0], offsets[int(ends[t % width])][1], float(pair.flatten()[t]), window)
+            for t in best]
 
 
 def best_spans(logits: Tensor, rows: list[int], firsts: list[int], offsets: list[list[tuple[int, int]]],
