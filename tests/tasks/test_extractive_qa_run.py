@@ -151,3 +151,20 @@ def test_the_benchmark_script_runs_on_a_few_questions(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["side"] for r in rows] == ["reference", "polytask"] and all(r["questions_per_s"] > 0 for r in rows)
     assert "polytask vs reference: F1" in proc.stdout
+
+
+def test_compare_scores_qa_with_delta_m_intervals_and_chance(tiny_backbone, tmp_path):
+    """polytask compare with a QA task: single-task baselines, Delta-m over F1, a verdict."""
+    from polytask.compare import format_table, run_compare
+    from polytask.config import from_dict
+
+    raw = tiny_config(tiny_backbone, tmp_path, max_steps=6, eval_every=3, batch_size=8, log_every=2)
+    qa = dict(QA, data=dict(QA["data"], test="squad/dev.json", max_train=32, max_eval=16))
+    raw.update(name="cmp", data_dir=str(SHARED_DATA), tasks=[qa, dict(demo_tasks(64, 16)[0], pooling="cls")])
+    raw["model"]["max_length"] = 96
+    raw["compare"] = {"isolate": False, "inference_examples": 4, "budget": "examples", "methods": [{"name": "ew"}]}
+    root = run_compare(from_dict(raw), echo=lambda line: None)
+    results = json.loads((root / "results.json").read_text())
+    assert 0 <= results["table"]["single"]["test"]["qa"]["mean"] <= 1 and results["chance"]["test"]["qa"] == 0.0
+    assert "values" in results["delta_m"]["ew"]["test"] and "verdict ew:" in format_table(results)
+    assert "qa (f1)" in format_table(results)
