@@ -110,3 +110,112 @@ def test_run_folder_custom_code_never_runs_even_answered_yes_in_a_terminal(finis
     assert not marker.exists(), out
     assert "[y/N]" not in out, out
     assert code == 2 and "--allow-code" in out and "Traceback" not in out, out
+
+
+# -- 2. a missing model.json is an error, not a skipped check --------------------------------------
+
+
+def test_missing_weights_manifest_is_an_error_unless_vouched_for(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    (run / "model.json").unlink()
+    proc = cli("predict", run, "--text", "a film")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "model.json is missing" in proc.stderr and "trust-weights" in proc.stderr, proc.stderr
+    (run / "model.json").write_text("{}")  # a hand-made manifest without a hash is no better
+    assert "holds no sha256" in cli("predict", run, "--text", "a film").stderr
+    vouch = subprocess.run([sys.executable, "-m", "polytask.run_folder", "trust-weights", str(run)],
+                           capture_output=True, text=True, timeout=120)
+    assert vouch.returncode == 0, vouch.stderr
+    proc = cli("predict", run, "--text", "a film")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["topic"], proc.stderr
+
+
+# -- 3. weights that are not a regular file are refused, never read --------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_weights_that_are_not_a_regular_file_are_refused_at_once(finished, tmp_path, kind):
+    run = copy_of(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    if kind == "dev-zero":
+        (run / "model.safetensors").symlink_to("/dev/zero")
+    else:
+        os.mkfifo(run / "model.safetensors")
+    for args in (["predict", run, "--text", "a film"], ["evaluate", run], ["serve", run, "--port", "1"]):
+        start = time.monotonic()
+        proc = cli(*args, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "model.safetensors is not a regular file" in proc.stderr, (args, proc.stderr)
+        assert time.monotonic() - start < 60
+
+
+def test_a_checkpoint_file_that_is_a_fifo_is_skipped_as_damaged(finished, tmp_path):
+    from polytask.run_folder import latest_good_checkpoint
+
+    run = copy_of(finished, tmp_path)
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    (newest / "state.json").unlink()
+    os.mkfifo(newest / "state.json")
+    warnings: list[str] = []
+    assert latest_good_checkpoint(run, warn=warnings.append) != newest
+    assert "state.json is not a regular file" in warnings[0]
+
+
+# -- 4. a resume verifies what it needs, and writes nothing when refused ---------------------------
+
+
+def test_resume_with_damaged_best_weights_is_refused_before_training(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    data = bytearray((run / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (run / "model.safetensors").write_bytes(bytes(data))
+    config_before, events_before = (run / "config.yaml").read_bytes(), (run / "metrics.jsonl").read_bytes()
+    proc = cli("train", "--resume", run, "train.max_steps=9", "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "model.safetensors is corrupted" in proc.stderr, proc.stderr
+    assert (run / "config.yaml").read_bytes() == config_before
+    assert (run / "metrics.jsonl").read_bytes() == events_before
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-0000003", "step-0000006"]
+
+
+def test_resume_refused_for_code_writes_nothing(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    marker = tmp_path / "code-ran"
+    (run / "evil_task.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Task: pass\n")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["tasks"][0]["type"] = "evil_task:Task"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    config_before, events_before = (run / "config.yaml").read_bytes(), (run / "metrics.jsonl").read_bytes()
+    proc = cli("train", "--resume", run, "train.max_steps=9", "--allow-changes", "--no-progress", cwd=run)
+    assert proc.returncode == 2 and "--allow-code" in proc.stderr, proc.stderr
+    assert not marker.exists()
+    assert (run / "config.yaml").read_bytes() == config_before
+    assert (run / "metrics.jsonl").read_bytes() == events_before
+
+
+# -- 5. lone surrogates are rejected where they enter, with file and line --------------------------
+
+
+def test_lone_surrogates_are_rejected_with_file_and_line(finished, tmp_path):
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text('{"text": "a fine film"}\n{"text": "bad \\ud800 text"}\n')
+    proc = cli("predict", finished, "--task", "topic", "--input", inputs)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{inputs}:2" in proc.stderr and "lone surrogate" in proc.stderr, proc.stderr
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(f'{{"text": "film {i}", "label": "{i % 2}"}}\n' for i in range(8))
+                          + '{"text": "\\udc00", "label": "1"}\n')
+    raw = yaml.safe_load((finished / "config.yaml").read_text())
+    raw["tasks"] = [{"name": "t", "type": "classification", "data": {"train": str(train_file)}}]
+    raw["output_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    for command in ("check", "train"):
+        proc = cli(command, path, *(["--no-progress"] if command == "train" else []))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (command, proc.stderr)
+        assert f"{train_file}:9" in proc.stderr and "lone surrogate" in proc.stderr, (command, proc.stderr)
+    from polytask.errors import DataError
+    from polytask.predict import Predictor
+
+    with pytest.raises(DataError, match="lone surrogate"):
+        Predictor.load(finished).predict("topic", ["ok", "bad \ud800"])

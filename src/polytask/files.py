@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from polytask.errors import CheckpointError
 
 
 def _current_umask() -> int:
@@ -62,8 +65,33 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
+def regular_file(path: Path) -> int:
+    """``path``'s size, after checking that it is a regular file once links are resolved: a link to
+    ``/dev/zero``, a FIFO or a device would make a read hang or never end, so it is refused
+    (CheckpointError) before it is opened."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if not os.path.lexists(path):
+            raise
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        target = os.path.realpath(path)
+        via = f" (a link to {target})" if target != os.path.abspath(path) else ""
+        raise CheckpointError(f"{path} is not a regular file{via}: a device, a FIFO or a folder is refused, "
+                              f"never read (a damaged or tampered folder)")
+    return info.st_size
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of the regular file ``path``, at most its size when it was checked (bounded)."""
+    size = regular_file(path)
+    with open(path, "rb") as fh:
+        return fh.read(size)
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    return json.loads(read_bytes(path).decode())
 
 
 def write_yaml(path: Path, obj: Any) -> None:
@@ -71,8 +99,14 @@ def write_yaml(path: Path, obj: Any) -> None:
 
 
 def sha256(path: Path) -> str:
+    """The SHA-256 of the regular file ``path`` (bounded: at most its size is read)."""
+    left = regular_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                break
             h.update(chunk)
+            left -= len(chunk)
     return h.hexdigest()

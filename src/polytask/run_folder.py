@@ -39,7 +39,8 @@ from torch import nn
 from polytask._version import __version__
 from polytask.config import Config, apply_override, from_dict, to_dict
 from polytask.errors import CheckpointError, PolytaskError
-from polytask.files import FILE_MODE, atomic_write, read_json, sha256, temp_dir, temp_file, write_json, write_yaml
+from polytask.files import (FILE_MODE, atomic_write, read_json, regular_file, sha256, temp_dir, temp_file, write_json,
+                            write_yaml)
 from polytask.registry import refuse_remote_code, trust_remote_code
 from polytask.state_io import load_state, save_state
 
@@ -180,11 +181,16 @@ class RunFolder:
         return found
 
     def require_complete(self) -> None:
-        """A run folder that ``load`` can rebuild a model from (format checked too)."""
+        """A run folder that ``load`` can rebuild a model from (format checked too); every file it
+        reads is a regular file (a link to ``/dev/zero`` or a FIFO is refused, never read)."""
         self.check_format()
         for name in self.COMPLETE:
-            if not (self.path / name).exists():
+            path = self.path / name
+            if not path.exists():
                 raise CheckpointError(f"{self.path} is not a complete run folder: {name} is missing")
+            for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+                if not f.is_dir():
+                    regular_file(f)
 
     def is_finished(self) -> bool:
         """Training wrote its summary (last, atomically) and the files a model needs exist."""
@@ -236,6 +242,12 @@ class RunFolder:
 
     def load_best(self, model: nn.Module) -> dict:
         return load_weights(model, self.weights_path)
+
+    def verify_best(self) -> None:
+        """The best weights, where there are any, match the hash in ``model.json`` (what a resumed
+        run loads at its end: checked before it trains, not after)."""
+        if self.weights_path.exists() or os.path.lexists(self.weights_path):
+            check_weights(self.weights_path)
 
     def weights_bytes(self) -> int:
         return self.weights_path.stat().st_size
@@ -422,21 +434,43 @@ def load_model_file(model: nn.Module, path: Path) -> None:
 
 def load_weights(model: nn.Module, path: Path) -> dict:
     """Load weights after checking the hash and format version; returns their metadata."""
+    meta = check_weights(path)
+    load_model_file(model, path)
+    return meta
+
+
+def check_weights(path: Path) -> dict:
+    """The metadata of the weights at ``path`` once their hash matches ``path.json`` (``model.json``);
+    a missing or hashless ``model.json`` is an error (another run's weights would load unchecked)
+    unless the user vouched for the weights with :func:`trust_weights`."""
     meta_path = path.with_suffix(".json")
     if not path.exists():
         raise CheckpointError(f"no weights at {path}")
-    meta = read_checked_json(meta_path, "a damaged run folder; train again or restore it") if meta_path.exists() else {}
+    regular_file(path)
+    if not meta_path.exists():
+        raise CheckpointError(f"{meta_path} is missing, so {path.name} cannot be checked against its hash (they may "
+                              f"be another run's weights); restore {meta_path.name} from where the run came from, "
+                              f"or vouch for weights you trust: python -m polytask.run_folder trust-weights {path}")
+    meta = read_checked_json(meta_path, "a damaged run folder; train again or restore it")
+    if not isinstance(meta, dict) or "sha256" not in meta:
+        raise CheckpointError(f"{meta_path} holds no sha256 for {path.name}: a damaged run folder; restore it, or "
+                              f"vouch for weights you trust: python -m polytask.run_folder trust-weights {path}")
     if meta.get("format", FORMAT_VERSION) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} was written by a newer polytask (format {meta['format']} > {FORMAT_VERSION}); upgrade polytask"
         )
-    if "sha256" in meta:
-        found = _current_entry(path)
-        if found is None:
-            raise CheckpointError(f"{path} is corrupted or truncated (content hash does not match {meta_path.name})")
-        meta = found
-    load_model_file(model, path)
-    return meta
+    found = _current_entry(path)
+    if found is None:
+        raise CheckpointError(f"{path} is corrupted or truncated (content hash does not match {meta_path.name})")
+    return found
+
+
+def trust_weights(path: Path) -> None:
+    """Write ``path.json`` vouching for the weights now at ``path`` (the user's explicit word, recorded
+    as ``vouched: true``): for a run folder whose ``model.json`` was lost."""
+    path = Path(path) / RunFolder.WEIGHTS if Path(path).is_dir() else Path(path)
+    regular_file(path)
+    write_json(path.with_suffix(".json"), {"sha256": sha256(path), "format": FORMAT_VERSION, "vouched": True})
 
 
 def save_checkpoint(run_dir: Path, step: int, write_files, keep: int, run_id: str | None = None,
@@ -472,7 +506,7 @@ def _checkpoints(root: Path, run_id: str | None) -> list[Path]:
             try:
                 if read_json(p / "manifest.json").get("run_id") != run_id:
                     continue
-            except (OSError, ValueError):
+            except (OSError, ValueError, CheckpointError):
                 pass  # damaged: reported by verify_checkpoint, never pruned as another run's
         out.append(p)
     return out
@@ -487,14 +521,19 @@ def verify_checkpoint(path: Path) -> str | None:
         info = read_json(manifest)
     except ValueError:
         return "manifest.json is not valid JSON"
+    except CheckpointError as exc:
+        return str(exc)
     if info.get("format", FORMAT_VERSION) > FORMAT_VERSION:
         return f"written by a newer polytask (format {info['format']})"
     for name, digest in info.get("sha256", {}).items():
         f = path / name
         if not f.exists():
             return f"{name} is missing"
-        if sha256(f) != digest:
-            return f"{name} is corrupted or truncated (hash mismatch)"
+        try:
+            if sha256(f) != digest:
+                return f"{name} is corrupted or truncated (hash mismatch)"
+        except CheckpointError as exc:
+            return str(exc)
     return None
 
 
@@ -512,5 +551,14 @@ def latest_good_checkpoint(run_dir: Path, warn=print, run_id: str | None = None)
     return None
 
 
-__all__ = ["FORMAT_VERSION", "RunFolder", "latest_good_checkpoint", "load_weights", "save_checkpoint",
-           "save_weights", "verify_checkpoint"]
+__all__ = ["FORMAT_VERSION", "RunFolder", "check_weights", "latest_good_checkpoint", "load_weights", "save_checkpoint",
+           "save_weights", "trust_weights", "verify_checkpoint"]
+
+
+if __name__ == "__main__":  # python -m polytask.run_folder trust-weights RUN/model.safetensors
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "trust-weights":
+        sys.exit("usage: python -m polytask.run_folder trust-weights RUN_DIR/model.safetensors")
+    trust_weights(Path(sys.argv[2]))
+    print(f"vouched for the weights of {sys.argv[2]} (model.json written): they now load as they are")

@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -206,12 +207,15 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
     """
     cfg, run = resolve_run(cfg, overrides, resume)
     with contextlib.ExitStack() as held:  # the main process holds the folder's lock until the end
+        records: list = []  # a resume's accepted changes, written once set-up has built everything
         on_main(process_state(cfg.train.device),
-                lambda: held.enter_context(own_folder(run, cfg, resume, overwrite, allow_changes)))
+                lambda: records.extend(held.enter_context(own_folder(run, cfg, resume, overwrite, allow_changes))))
         trusted = resume is None or allow_code
         with contextlib.nullcontext() if trusted else registered_only(str(run.path / RunFolder.CONFIG)), \
                 allowing_code() if allow_code else contextlib.nullcontext():
             s = set_up(cfg, run, resuming=resume is not None)
+        for record in records:
+            record()
         s.progress = progress
         state = restore(s) if resume is not None else start(s)
         s.trackers = Trackers.from_config(cfg, run.path) if s.main else Trackers()  # train.report_to
@@ -227,14 +231,17 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
 
 @contextlib.contextmanager
 def own_folder(run: RunFolder, cfg: Config, resume, overwrite: bool, allow_changes: bool):
-    """Lock the run folder for this run; a new run claims it, a resumed one checks its changes."""
+    """Lock the run folder for this run; a new run claims it, a resumed one checks its best weights
+    and its changes. Yields what is left to write (a resume's accepted changes): nothing is written
+    for a resume before set-up has built every component (a refusal for code writes nothing)."""
     with run.lock():
         run.remove_stale_temp_files()
         if resume is None:
             claim(run, overwrite)
+            yield []
         else:
-            check_resume_changes(cfg, run, allow_changes)
-        yield
+            run.verify_best()  # what the resumed run loads at its end: checked before it trains
+            yield check_resume_changes(cfg, run, allow_changes)
 
 
 def resolve_run(cfg, overrides: list[str] | None, resume) -> tuple[Config, RunFolder]:
@@ -273,23 +280,29 @@ RESUME_CHANGEABLE = frozenset({
 })
 
 
-def check_resume_changes(cfg: Config, run: RunFolder, allow_changes: bool) -> None:
+def check_resume_changes(cfg: Config, run: RunFolder, allow_changes: bool) -> list[Callable[[], None]]:
     """Compare the config to continue with (config.yaml + overrides) with the one the latest
-    checkpoint was trained with; save and record the accepted changes, refuse the others."""
+    checkpoint was trained with; refuse the changes not allowed; returns the writes that save and
+    record the accepted ones (called later, once nothing else can refuse the resume)."""
     manifest = run.latest_checkpoint_manifest()  # verified once here, not once per field
     if manifest is None or manifest.get("config") is None:  # no checkpoint (load_checkpoint says so), or an old one
-        return
+        return []
     changed = differences(manifest["config"], cfg)
     refused = [k for k in changed if not any(k == c or k.startswith(c + ".") for c in RESUME_CHANGEABLE)]
     if refused and not allow_changes:
         raise ConfigError(f"resuming {run.path} with {', '.join(refused)} changed would change the run's "
                           f"trajectory (the checkpoint was trained with other values); resume without these "
                           f"changes, start a new run, or pass --allow-changes to accept them")
-    if changed:
+    if not changed:
+        return []
+
+    def record() -> None:
         run.write_config(cfg)
         run.append_event({"kind": "resume_changes", "step": int(manifest["step"]), "changed": changed,
                           "forced": refused})
         print(f"resuming with changed settings: {', '.join(changed)} (saved in {RunFolder.CONFIG})")
+
+    return [record]
 
 
 def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from polytask.data.base import Record
 from polytask.data.textfile import read_text, split_lines
+from polytask.data.unicode import lone_surrogate
 from polytask.errors import DataProblem
 
 
@@ -37,6 +38,10 @@ def read_jsonl(path: str | Path, *, max_examples: int | None = None,
             kind = type(value).__name__
             problems.append(DataProblem(name, number, None,
                                         f"expected a JSON object per line, got {kind}"))
+            continue
+        surrogate = lone_surrogate(value)
+        if surrogate:
+            problems.append(DataProblem(name, number, None, surrogate))
             continue
         records.append(Record(value, name, number))
     return records, problems

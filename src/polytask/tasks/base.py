@@ -12,6 +12,7 @@ in the batch, never to a fixed length); the head maps encoder states to outputs;
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from polytask.config import TaskConfig
 from polytask.data.records import Record
+from polytask.data.unicode import lone_surrogate
 from polytask.errors import ConfigError, DataProblem
 
 
@@ -118,7 +120,10 @@ class Task:
                 avail = ", ".join(sorted(record.fields)) or "none"
                 problems.append(self._problem(record, col, f"missing column (available: {avail})"))
                 continue
-            if self.inputs is not None and f in self.inputs.fields:
+            msg = lone_surrogate(record.fields[col])  # never reaches the tokenizer (a TypeError there)
+            if msg:
+                value = None
+            elif self.inputs is not None and f in self.inputs.fields:
                 value, msg = self.inputs.read(record.fields[col], record.file)
             else:
                 value, msg = self.check_field(f, record.fields[col])
@@ -140,7 +145,7 @@ class Task:
         """Normalise one field's value; return (value, problem message or None)."""
         if field in self.text_fields or field in self.optional_fields:
             if not isinstance(value, str):
-                return value, f"expected text, got {type(value).__name__} {value!r}"
+                return value, f"expected text, got {type(value).__name__} {reprlib.repr(value)}"
             if not value.strip():
                 return value, "empty text"
             return value, None
@@ -150,7 +155,7 @@ class Task:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return value, "missing label"
         if isinstance(value, (dict, list)):
-            return value, f"expected a single label, got {value!r}"
+            return value, f"expected a single label, got {reprlib.repr(value)}"
         return str(value), None
 
     def _problem(self, record: Record, field: str, msg: str) -> DataProblem:

@@ -9,6 +9,7 @@ main: pearson).
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 import torch
@@ -32,13 +33,13 @@ class RegressionTask(Task):
 
     def check_target(self, value: Any) -> tuple[Any, str | None]:
         if isinstance(value, bool):  # float(True) is 1.0: a label column named as the target
-            return value, f"expected a number, got {value!r}"
+            return value, f"expected a number, got {reprlib.repr(value)}"
         try:
             number = float(value)
         except (TypeError, ValueError):
-            return value, f"expected a number, got {value!r}"
+            return value, f"expected a number, got {reprlib.repr(value)}"
         if not math.isfinite(number):
-            return number, f"target is not a finite number ({value!r})"
+            return number, f"target is not a finite number ({reprlib.repr(value)})"
         return number, None
 
     def fit(self, train: list[Example]) -> None:

@@ -9,6 +9,7 @@ if its type and both boundaries match). Default main metric: f1.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ class TaggingTask(Task):
         if isinstance(value, str):  # "EU rejects German call" for predict from the command line
             value = value.split()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return value, f"expected a list of strings, got {value!r}"
+            return value, f"expected a list of strings, got {reprlib.repr(value)}"
         if not value:
             return value, "empty sentence"
         return value, None
