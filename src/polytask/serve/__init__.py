@@ -32,11 +32,13 @@ def create_app(predictor, settings: ServeSettings | None = None):
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
           log_level: str = "info", graceful_timeout: float = 30.0) -> None:
-    """Load ``run_dir`` and serve it until SIGTERM/SIGINT (then drain for up to ``graceful_timeout`` s)."""
+    """Load ``run_dir`` and serve it until SIGTERM/SIGINT (then drain for up to ``graceful_timeout`` s:
+    requests still running then are cut). Request limits and read timeouts: ``settings``."""
     try:
         import uvicorn
 
         from polytask.serve.app import create_app as _create
+        from polytask.serve.limits import protocol_with_header_timeout
     except ImportError as exc:
         raise PolytaskError(f"polytask serve needs the serve extra (pip install 'polytask[serve]'): {exc}") from None
     from polytask.predict import Predictor
@@ -44,8 +46,10 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settin
     # The model thread needs the GIL back after every torch op; with Python's default 5 ms switch
     # interval a busy event-loop thread (parsing requests) delays each op by up to 5 ms.
     sys.setswitchinterval(0.0005)
+    settings = settings or ServeSettings()
     app = _create(Predictor.load(run_dir), settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
+                            http=protocol_with_header_timeout(settings.header_timeout))
     uvicorn.Server(config).run()
 
 

@@ -2,7 +2,8 @@
 
 Every error is a JSON object ``{"detail": message, "problems": [...]}`` with a 4xx status
 naming the field (``inputs[2].text: empty text``) or the known tasks; an unexpected failure is
-a 500 ``{"detail": "internal error"}`` (logged by the server, never sent to the client).
+a 500 ``{"detail": "internal error"}`` (logged by the server, never sent to the client). Echoed
+values are cut to a few hundred characters and lone surrogates escaped (:func:`printable`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polytask._version import __version__
+from polytask.data.unicode import lone_surrogate, printable
 from polytask.errors import DataError, PolytaskError
 from polytask.predict import AllPredictions, Predictor
 from polytask.serve.batcher import MicroBatcher
+from polytask.serve.docs import add_docs
+from polytask.serve.limits import RequestLimits
 from polytask.serve.settings import ServeSettings
 
 log = logging.getLogger("polytask.serve")
@@ -31,7 +36,7 @@ class PredictRequest(BaseModel):
     """Inputs to predict; each is a string (the task's text), a list of words (tagging) or an object
     of fields (``{"text_a": ..., "text_b": ...}``: the task's field or column names)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"inputs": ["the chef burned the pasta"], "tasks": ["topic"], "scores": True}]})
     inputs: list[Any] = Field(description="strings, lists of words, or objects of fields")
     tasks: list[str] | None = Field(None, description="tasks to predict (default: every task)")
@@ -40,7 +45,7 @@ class PredictRequest(BaseModel):
 
 
 class TaskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"inputs": ["the chef burned the pasta"], "scores": True}]})
     inputs: list[Any] = Field(description="strings, lists of words, or objects of fields")
     scores: bool = Field(False, description="add label probabilities where the task has them")
@@ -66,6 +71,30 @@ def error(status: int, detail: str, problems: list[str] | None = None) -> HTTPEx
     return HTTPException(status, {"detail": detail, "problems": problems or [detail]})
 
 
+def error_body(detail: str, problems: list[str]) -> dict:
+    """The JSON of a 4xx answer: each message cut to a few hundred characters and encodable (a
+    lone surrogate in an echoed value or field name is escaped); at most 100 problems."""
+    shown = [printable(str(p)) for p in problems[:100]]
+    if len(problems) > 100:
+        shown.append(f"... and {len(problems) - 100} more problems")
+    return {"detail": printable(str(detail), 1000), "problems": shown}
+
+
+def value_size(value: Any, limit: int) -> int:
+    """Characters of ``value`` as it counts against ``--max-chars``: a string's length, a number's
+    or other scalar's text, containers summed (stops counting past ``limit``)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, dict)):
+        total = 0
+        for v in (value if isinstance(value, list) else [*value.keys(), *value.values()]):
+            total += value_size(v, limit) + 1
+            if total > limit:
+                break
+        return total
+    return len(str(value)) if isinstance(value, (int, float, bool)) or value is None else 1
+
+
 def check_inputs(inputs: list, settings: ServeSettings) -> list:
     """Structural checks and limits; the task checks (empty text, missing fields) come after."""
     if not inputs:
@@ -74,17 +103,19 @@ def check_inputs(inputs: list, settings: ServeSettings) -> list:
         raise error(413, f"inputs: {len(inputs)} inputs; at most {settings.max_inputs} per request")
     problems = []
     for i, item in enumerate(inputs):
-        values = item.values() if isinstance(item, dict) else [item]
-        chars = 0
-        for v in values:
-            words = v if isinstance(v, list) else [v]
-            if not all(isinstance(w, str) for w in words) and not isinstance(item, dict):
-                problems.append(f"inputs[{i}]: expected a string, a list of words or an object of fields, "
-                                f"got {type(item).__name__}")
-                break
-            chars += sum(len(w) for w in words if isinstance(w, str))
+        words = item if isinstance(item, list) else [item]
+        if not isinstance(item, dict) and not all(isinstance(w, str) for w in words):
+            problems.append(f"inputs[{i}]: expected a string, a list of words or an object of fields, "
+                            f"got {type(item).__name__}")
+            continue
+        chars = value_size(list(item.values()) if isinstance(item, dict) else words, settings.max_chars)
         if chars > settings.max_chars:
-            problems.append(f"inputs[{i}]: {chars} characters; at most {settings.max_chars} per input")
+            problems.append(f"inputs[{i}]: {'more than ' if not isinstance(item, str) else ''}{chars} characters; "
+                            f"at most {settings.max_chars} per input (values of every type count)")
+            continue
+        surrogate = lone_surrogate(item, f"inputs[{i}]")
+        if surrogate:
+            problems.append(surrogate)
     if problems:
         raise error(422, "; ".join(problems[:5]), problems)
     return inputs
@@ -111,22 +142,31 @@ def check_max_new_tokens(pred: Predictor, names: list[str], value: int | None, s
     return value
 
 
-def parse(pred: Predictor, names: list[str], inputs: list, strict: bool):
-    """The task checks of :meth:`Predictor.parse_inputs`, as a 422 naming each input and field."""
-    try:
-        parsed = pred.parse_inputs(names, inputs, strict)
-    except DataError as exc:
-        problems = [f"inputs[{p.line - 1}].{p.field}: {p.message}" if p.line else str(p) for p in exc.problems]
-        raise error(422, "; ".join(problems[:5]), problems) from None
-    except PolytaskError as exc:
-        raise error(422, str(exc)) from None
-    nothing = [i for i in range(len(inputs)) if all(i in parsed.skipped.get(n, {}) for n in names)]
+def parse(pred: Predictor, names: list[str], inputs: list, strict: bool) -> dict[str, dict[int, str]]:
+    """The task checks of :meth:`Predictor.parse_inputs`, as a 422 naming each input and field, one
+    problem per input and field with the tasks that found it; returns the skips per task."""
+    found: dict[tuple, list[str]] = {}  # (input index, message) -> the tasks that found it
+    skipped: dict[str, dict[int, str]] = {}
+    for name in names:
+        try:
+            skipped[name] = pred.parse_inputs([name], inputs, strict).skipped.get(name, {})
+        except DataError as exc:
+            for p in exc.problems:
+                key = (p.line - 1, f"inputs[{p.line - 1}].{p.field}: {p.message}") if p.line else (-1, str(p))
+                found.setdefault(key, []).append(name)
+        except PolytaskError as exc:
+            raise error(422, str(exc)) from None
+    if found:
+        problems = [f"{message} (task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)})"
+                    for (_, message), tasks in sorted(found.items(), key=lambda kv: kv[0][0])]
+        raise error(422, "; ".join(problems[:5]), problems)
+    nothing = [i for i in range(len(inputs)) if all(i in skipped.get(n, {}) for n in names)]
     if nothing:
         needs = "; ".join(f"{n} needs {', '.join(pred.tasks[n].column(f) for f in pred.tasks[n].text_fields)}"
                           for n in names)
         problems = [f"inputs[{i}]: has the fields of none of the requested tasks ({needs})" for i in nothing]
         raise error(422, "; ".join(problems[:5]), problems)
-    return parsed
+    return skipped
 
 
 def render(result: AllPredictions, names: list[str], i: int) -> dict[str, Any]:
@@ -175,20 +215,27 @@ def create_app(pred: Predictor, settings: ServeSettings | None = None) -> FastAP
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="polytask", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="polytask", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Multi-task model from run folder `{pred.run_dir.name}`: "
                               f"{', '.join(pred.tasks)}. See docs/serving.md.")
     app.state.predictor, app.state.settings, app.state.metrics, app.state.batcher = pred, settings, metrics, batcher
+    add_docs(app)  # /docs with Swagger UI's files served by this server (works offline)
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
     install_handlers(app, metrics)
     add_routes(app, pred, settings, batcher, metrics)
     return app
 
 
 def install_handlers(app: FastAPI, metrics: Metrics) -> None:
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        body = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail, "problems": [str(exc.detail)]}
-        return JSONResponse(body, status_code=exc.status_code)
+    @app.exception_handler(StarletteHTTPException)  # ours, and the router's 404 and 405
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc.detail, dict):
+            body = error_body(exc.detail["detail"], exc.detail["problems"])
+        else:
+            detail = {404: f"no endpoint {request.url.path}; see /docs",
+                      405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+            body = error_body(detail, [detail])
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -196,11 +243,11 @@ def install_handlers(app: FastAPI, metrics: Metrics) -> None:
         for e in exc.errors():
             if e.get("type") == "json_invalid":
                 reason = (e.get("ctx") or {}).get("error", "")
-                return JSONResponse({"detail": f"body: invalid JSON ({reason})", "problems": ["body: invalid JSON"]},
+                return JSONResponse(error_body(f"body: invalid JSON ({reason})", ["body: invalid JSON"]),
                                     status_code=400)
             loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
             problems.append(f"{loc}: {e.get('msg', 'invalid')}")
-        return JSONResponse({"detail": "; ".join(problems), "problems": problems}, status_code=422)
+        return JSONResponse(error_body("; ".join(problems[:5]), problems), status_code=422)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

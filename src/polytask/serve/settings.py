@@ -16,6 +16,10 @@ class ServeSettings:
         max_new_tokens: the largest ``max_new_tokens`` a request may ask of a generation task
             (``None``: each task's configured value).
         batch_size: inputs per forward pass inside one model call.
+        max_body_bytes: request body size at most (413 before parsing; default 2 MiB: 64 inputs of
+            2000 characters, JSON-escaped, fit).
+        header_timeout: seconds for a request's line and headers to arrive (then the connection is cut).
+        body_timeout: seconds for a request's body to arrive (then 408).
     """
 
     max_batch_size: int = 32
@@ -25,6 +29,9 @@ class ServeSettings:
     max_chars: int = 2000
     max_new_tokens: int | None = None
     batch_size: int = 64
+    max_body_bytes: int = 2 * 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     @property
     def effective_batch_size(self) -> int:
