@@ -168,3 +168,23 @@ def test_compare_scores_qa_with_delta_m_intervals_and_chance(tiny_backbone, tmp_
     assert 0 <= results["table"]["single"]["test"]["qa"]["mean"] <= 1 and results["chance"]["test"]["qa"] == 0.0
     assert "values" in results["delta_m"]["ew"]["test"] and "verdict ew:" in format_table(results)
     assert "qa (f1)" in format_table(results)
+
+
+def test_onnx_export_carries_the_span_head(run_dir, predictor, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from polytask.export.onnx import export_onnx
+
+    out = export_onnx(run_dir, tmp_path / "onnx")
+    entry = json.loads((out / "polytask_onnx.json").read_text())
+    qa = next(t for t in (entry["tasks"].values() if isinstance(entry["tasks"], dict) else entry["tasks"])
+              if t["type"] == "extractive_qa")
+    assert qa["shape"] == ["batch", "sequence", 2] and qa["doc_stride"] == 32
+    batch = predictor.tokenizer(["Who wrote it?"], ["It was written by Ada Lovelace."], return_tensors="pt")
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(["qa"], {k: v.numpy() for k, v in batch.items() if k in names})[0]
+    with torch.no_grad():
+        ours = predictor.model(dict(batch), "qa")[0]
+    assert got.shape == tuple(ours.shape) and float((torch.from_numpy(got) - ours).abs().max()) < 1e-4

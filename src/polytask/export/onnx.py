@@ -7,7 +7,9 @@ Layout of ``DIR`` (docs/export.md):
   (batch, sequence); one output per task, named after the task, with dynamic batch and sequence
   axes: classification and multilabel ``(batch, labels)`` logits, regression ``(batch, 1)``
   predictions in the target's units (the run's target standardisation is in the graph),
-  tagging ``(batch, sequence, labels)`` logits per word piece;
+  tagging ``(batch, sequence, labels)`` logits per word piece; extractive QA ``(batch, sequence,
+  2)`` start and end logits per token of a question + context window (windowing and decoding:
+  docs/qa.md);
 - ``tokenizer/``: the run's tokenizer (``AutoTokenizer.from_pretrained``);
 - ``polytask_onnx.json``: inputs, and per task its output name, type, labels and output shape.
 
@@ -32,7 +34,7 @@ from polytask.predict import Predictor
 TOLERANCE = 1e-4  # largest |output difference| between onnxruntime and PyTorch accepted
 CHECK_TEXTS = ["The ONNX export check runs this sentence.", "Anna flew to Oslo in May", "no"]
 OPSET = 17
-EXPORTED_TYPES = ("classification", "multilabel", "regression", "tagging")
+EXPORTED_TYPES = ("classification", "multilabel", "regression", "tagging", "extractive_qa")
 
 
 class AllHeads(nn.Module):
@@ -44,7 +46,7 @@ class AllHeads(nn.Module):
         self.model, self.names = pred.model, names
         self.scale = [(float(pred.tasks[n].std), float(pred.tasks[n].mean))
                       if pred.tasks[n].type_name == "regression" else None for n in names]
-        self.token_level = [pred.tasks[n].type_name == "tagging" for n in names]
+        self.token_level = [pred.tasks[n].type_name in ("tagging", "extractive_qa") for n in names]
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -133,6 +135,12 @@ def task_entry(pred: Predictor, name: str) -> dict:
     elif task.type_name == "tagging":
         entry.update(shape=["batch", "sequence", len(task.labels)], labels=list(task.labels),
                      note="logits per word piece; polytask labels each word by its first piece")
+    elif task.type_name == "extractive_qa":
+        cfg = task.cfg
+        entry.update(shape=["batch", "sequence", 2], max_length=pred.cfg.model.max_length, doc_stride=cfg.doc_stride,
+                     max_answer_length=cfg.max_answer_length, n_best=cfg.n_best,
+                     allow_unanswerable=cfg.allow_unanswerable, null_threshold=cfg.null_threshold,
+                     note="start and end logits per token of a question + context window; decoding: docs/qa.md")
     else:
         entry.update(shape=["batch", len(task.labels)], labels=list(task.labels),
                      note="logits" if task.type_name == "classification" else "logits (sigmoid per label)")
