@@ -219,3 +219,101 @@ def test_lone_surrogates_are_rejected_with_file_and_line(finished, tmp_path):
 
     with pytest.raises(DataError, match="lone surrogate"):
         Predictor.load(finished).predict("topic", ["ok", "bad \ud800"])
+
+
+# -- 8. settings that passed check and crashed train: check names their key -------------------------
+
+NAN = float("nan")
+BAD_SETTINGS = [
+    ({"seed": 2**32}, "seed: must be in 0..4294967295"),
+    ({"sampling": {"name": "temperature", "args": {"T": NAN}}}, "sampling.args: T:"),
+    ({"sampling": {"name": "temperature", "args": {"T": None}}}, "sampling.args: T:"),
+    ({"architecture": {"name": "mmoe", "args": {"n_experts": 0}}}, "architecture.args.n_experts"),
+    ({"architecture": {"name": "mmoe", "args": {"n_expert": 4}}}, "architecture.args:"),
+    ({"tasks": [{"name": "weather", "type": "classification", "data": {"format": "synthetic"}}]},
+     "tasks[0].name: no synthetic task 'weather'"),
+    ({"tasks": [{"name": "topic", "type": "classification", "data": {"format": "synthetic", "max_train": 10**12}}]},
+     "tasks[0].data.max_train: at most"),
+    ({"train": {"max_steps": 10**12}}, "train.max_steps:"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_SETTINGS, ids=[m.split(":")[0] for _, m in BAD_SETTINGS])
+def test_check_names_settings_that_used_to_crash_train(tiny_backbone, tmp_path, change, message):
+    raw = config(tiny_backbone, tmp_path)
+    for key, value in change.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    start = time.monotonic()
+    proc = cli("check", path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr and "TypeError" not in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 100
+
+
+# -- 11. a second compare into a folder in use fails at once ---------------------------------------
+
+
+def test_second_compare_into_a_folder_in_use_fails_at_once(tiny_backbone, tmp_path):
+    from conftest import demo_tasks
+
+    raw = tiny_config(tiny_backbone, tmp_path / "out", max_steps=400, batch_size=8, eval_every=200, log_every=50)
+    raw["name"] = "busy"
+    raw["tasks"] = demo_tasks(n_train=64, n_eval=16)[:2]
+    raw["compare"] = {"isolate": False, "inference_examples": 0, "budget": "steps", "methods": [{"name": "ew"}]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "polytask.cli", "compare", str(path), "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        plan = tmp_path / "out" / "busy" / "plan.json"
+        deadline = time.monotonic() + 300
+        while not plan.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert plan.exists() and first.poll() is None, first.stdout.read() if first.poll() is not None else ""
+        start = time.monotonic()
+        second = cli("compare", path, "--no-progress", timeout=300)
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+        assert "in use by another polytask compare" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert time.monotonic() - start < 60  # at once: no sub-run trained first
+        assert first.poll() is None  # the first compare keeps going
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+
+
+# -- 7. a full disk while saving is one error line; what was saved survives --------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 10 MB tmpfs: room for the first best weights, not for the checkpoint that follows."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_while_saving_is_one_error_line_and_the_best_survives(tiny_backbone, tmp_path, small_disk):
+    raw = config(tiny_backbone, tmp_path)
+    raw["output_dir"] = str(small_disk)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = cli("train", path, "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], proc.stderr[-3000:]
+    assert "intact" in errors[0] and "--resume" in errors[0], errors
+    from polytask.run_folder import check_weights
+
+    run = small_disk / "run"
+    assert check_weights(run / "model.safetensors")["step"] == 3  # the best weights saved before survive
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-")]

@@ -267,13 +267,15 @@ def check(
     from polytask.config import load_config
     from polytask.dataset import prepare
     from polytask.backbones import check_max_length, pretrained_config
-    from polytask.train import build_components
+    from polytask.train import build_components, check_architecture
 
     try:
         cfg = load_config(config, overrides or [])
-        check_max_length(cfg.model.max_length, pretrained_config(cfg.model))
+        backbone_config = pretrained_config(cfg.model)
+        check_max_length(cfg.model.max_length, backbone_config)
         data = prepare(cfg)
         build_components(cfg, list(data), [len(td.examples["train"]) for td in data.values()])
+        check_architecture(cfg, backbone_config, list(data))
     except USER_ERRORS as exc:
         _fail(exc)
     from polytask.dataset import data_warnings, label_summary

@@ -496,6 +496,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
         if value is not None and value < low:
             rule = "must be positive" if low == 1 else f"must be >= {low}"
             raise ConfigError(f"{source}: {key}: {rule}, got {value}")
+    _check_upper_bounds(cfg, source)
     positive_finite = {"train.lr": t.lr, "train.head_lr": t.head_lr, "train.weighting_lr": t.weighting_lr,
                        "train.grad_clip": t.grad_clip}
     for key, value in positive_finite.items():
@@ -509,6 +510,41 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for i, task in enumerate(cfg.tasks):
         if not 0 <= task.data.max_invalid <= 1:
             raise ConfigError(f"{source}: tasks[{i}].data.max_invalid: must be in [0, 1], got {task.data.max_invalid}")
+
+
+# Sanity bounds: past them a setting is a typo, not a plan (numpy and torch seeds are 32-bit; a
+# synthetic task is generated in memory; 10**8 steps is months of training at 10 steps a second).
+SEED_LIMIT = 2**32 - 1
+MAX_STEPS_LIMIT = 10**8
+SYNTHETIC_LIMIT = 10**6
+
+
+def _check_upper_bounds(cfg: Config, source: str) -> None:
+    """Seeds within 32 bits, ``train.max_steps`` within a sanity bound, synthetic tasks known and
+    of a size that fits in memory; each error names its key."""
+    from polytask.data.synthetic import SYNTHETIC_TASKS
+
+    seeds = {"seed": cfg.seed, **{f"compare.seeds[{i}]": s for i, s in
+                                  enumerate((cfg.compare.seeds or []) if cfg.compare is not None else [])}}
+    for key, value in seeds.items():
+        if not 0 <= value <= SEED_LIMIT:
+            raise ConfigError(f"{source}: {key}: must be in 0..{SEED_LIMIT} (a 32-bit seed), got {value}")
+    if cfg.train.max_steps > MAX_STEPS_LIMIT:
+        raise ConfigError(f"{source}: train.max_steps: {cfg.train.max_steps} steps is past the sanity bound of "
+                          f"{MAX_STEPS_LIMIT} (months of training); a typo?")
+    for i, task in enumerate(cfg.tasks):
+        if task.data.format != "synthetic":
+            continue
+        name = task.data.dataset or task.name
+        if name not in SYNTHETIC_TASKS:
+            key = f"tasks[{i}].data.dataset" if task.data.dataset else f"tasks[{i}].name"
+            raise ConfigError(f"{source}: {key}: no synthetic task '{name}'; the synthetic tasks are "
+                              f"{', '.join(SYNTHETIC_TASKS)} (set data.dataset to one of them to use another name)")
+        for split in ("max_train", "max_eval"):
+            value = getattr(task.data, split)
+            if value is not None and value > SYNTHETIC_LIMIT:
+                raise ConfigError(f"{source}: tasks[{i}].data.{split}: at most {SYNTHETIC_LIMIT} synthetic examples "
+                                  f"(generated in memory), got {value}")
 
 
 def _join(path: str, key: str) -> str:

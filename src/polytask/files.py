@@ -6,17 +6,19 @@ is renamed into place (``os.replace`` is atomic on POSIX and Windows).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-from polytask.errors import CheckpointError
+from polytask.errors import CheckpointError, PolytaskError
 
 
 def _current_umask() -> int:
@@ -96,6 +98,30 @@ def read_json(path: Path) -> Any:
 
 def write_yaml(path: Path, obj: Any) -> None:
     atomic_write(path, yaml.safe_dump(obj, sort_keys=False).encode())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an advisory ``flock`` on the file ``path`` (with this process's pid in it) for the
+    block; when another process holds it, raise PolytaskError ``busy`` (``{pid}`` filled in) at
+    once. The kernel releases it however the process ends, so it is never stale."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise PolytaskError(busy.format(pid=holder)) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
 
 
 def sha256(path: Path) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -401,9 +402,27 @@ def save_weights(model: nn.Module, path: Path, meta: dict | None = None) -> None
         current = _current_entry(path)
         write_json(path.with_suffix(".json"), {**entry, "previous": current} if current else entry)
         os.replace(tmp, path)
+    except WRITE_ERRORS as exc:  # a full disk: one line saying what survived, not a traceback
+        Path(tmp).unlink(missing_ok=True)
+        current = _current_entry(path)
+        kept = (f"the best weights so far ({path.name}, step {current.get('step', '?')}) are intact" if current
+                else "no earlier best weights were saved")
+        raise write_failed(exc, path, kept, path.parent) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+WRITE_ERRORS = (OSError, SafetensorError)  # safetensors reports a full disk as its own error type
+
+
+def write_failed(exc: Exception, what: Path, kept: str, run_dir: Path) -> CheckpointError:
+    """A failed write of weights or a checkpoint (a full disk, a lost mount) as one line: the reason,
+    what is still intact, and how to go on."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    reason = "No space left on device" if "No space left on device" in text else text
+    return CheckpointError(f"cannot write {what}: {reason}; {kept} (nothing half-written is left); free space, "
+                           f"then continue with: polytask train --resume {run_dir}")
 
 
 def _current_entry(path: Path) -> dict | None:
@@ -490,6 +509,12 @@ def save_checkpoint(run_dir: Path, step: int, write_files, keep: int, run_id: st
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except WRITE_ERRORS as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        earlier = _checkpoints(root, run_id)
+        kept = (f"the earlier checkpoint {earlier[-1].name} and the best weights are intact" if earlier
+                else "the best weights are intact (no earlier checkpoint)")
+        raise write_failed(exc, final, kept, Path(run_dir)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

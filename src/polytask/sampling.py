@@ -14,6 +14,8 @@ generator, and a position for round-robin) is explicit so a resumed run draws th
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from polytask.registry import resolve
@@ -47,8 +49,8 @@ class Proportional(Sampler):
 class Temperature(Sampler):
     def __init__(self, tasks, sizes, seed=0, T: float = 2.0):
         super().__init__(tasks, sizes, seed)
-        if T <= 0:
-            raise ValueError("temperature T must be positive")
+        if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
+            raise ValueError(f"T: the temperature must be a positive finite number, got {T!r}")
         self.T = T
 
     def probabilities(self, step, max_steps):

@@ -159,6 +159,25 @@ def build_components(cfg: Config, tasks: list[str], sizes: list[int]):
     return weighting, sampler
 
 
+def check_architecture(cfg: Config, backbone_config, tasks: list[str]) -> None:
+    """``polytask check``: build the architecture as training will, on the meta device (shapes only:
+    no memory, no weights), so its arguments (``architecture.args``: unknown keys, ``n_experts: 0``)
+    fail here with their key rather than at ``train``. Encoder backbones only (others: at train)."""
+    if cfg.model.kind != "encoder":
+        return
+    from transformers import AutoModel
+
+    from polytask.architectures import build_architecture
+    from polytask.registry import trust_remote_code
+
+    with torch.device("meta"):
+        backbone = AutoModel.from_config(backbone_config, trust_remote_code=trust_remote_code())
+        try:
+            build_architecture(cfg.architecture.name, backbone, tasks, cfg.architecture.args)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"architecture.args: {exc}") from None
+
+
 def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW over the model's trainable parameters (:func:`adamw`), plus the weighting method's own
     learnable parameters at ``train.weighting_lr``."""

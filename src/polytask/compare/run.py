@@ -55,7 +55,7 @@ from polytask.compare.serving import measure_inference
 from polytask.compare.validate import validate_plan
 from polytask.config import CompareConfig, Config, from_dict, load_config, to_dict
 from polytask.errors import ConfigError, PolytaskError
-from polytask.files import read_json, write_json, write_yaml
+from polytask.files import exclusive_lock, read_json, write_json, write_yaml
 from polytask.run_folder import RunFolder, latest_good_checkpoint
 
 
@@ -220,6 +220,24 @@ def run_compare(cfg: Config | str | Path, overrides: list[str] | None = None, pr
     cc = cfg.compare or CompareConfig()
     prepared = Prepared(cfg, splits=("train", "dev") if cc.inference_examples > 0 else ("train",))
     plan = plan_compare(cfg, prepared=prepared)
+    busy = (f"{plan.root} is in use by another polytask compare (pid {{pid}}); wait for it to finish, or compare "
+            f"into another folder (name=... or output_dir=...)")
+    created = not plan.root.exists()
+    try:
+        with exclusive_lock(plan.root / COMPARE_LOCK, busy):  # a second compare into it fails here, at once
+            return _run_plan(plan, cfg, cc, prepared, progress, echo, train_missing)
+    finally:  # a compare that failed before writing anything leaves no folder behind
+        if created and [p.name for p in plan.root.iterdir()] == [COMPARE_LOCK]:
+            (plan.root / COMPARE_LOCK).unlink(missing_ok=True)
+            plan.root.rmdir()
+
+
+COMPARE_LOCK = ".compare.lock"
+
+
+def _run_plan(plan: Plan, cfg: Config, cc: CompareConfig, prepared: Prepared, progress: bool,
+              echo: Callable[[str], None], train_missing: bool) -> Path:
+    """:func:`run_compare` once the compare folder is held."""
     if train_missing:  # every sub-run's data and components, before the first trains
         validate_plan(plan)
     plan.root.mkdir(parents=True, exist_ok=True)
