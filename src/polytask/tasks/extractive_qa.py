@@ -115,6 +115,9 @@ class ExtractiveQATask(Task):
 
     # -- tensors -----------------------------------------------------------------------------
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(f"tasks[{self.name}]: extractive_qa needs a fast (Rust) tokenizer for character "
+                              f"offsets; {type(tokenizer).__name__} is not one")
         if self.cfg.doc_stride + 8 > max_length:
             raise ConfigError(f"tasks[{self.name}].doc_stride: {self.cfg.doc_stride} leaves no room in windows of "
                               f"model.max_length={max_length} tokens; use a doc_stride well below max_length")
