@@ -255,3 +255,55 @@ def test_efficientnet_lite0_pretrained_pyramid():
     assert backbone.config.channels == [24, 40, 112, 1280]
     out = backbone.eval()(torch.zeros(2, 3, 32, 32))
     assert out.last_hidden_state.shape == (2, 2, 1280) and [m.shape[-1] for m in out.maps] == [8, 4, 2, 1]
+
+
+def test_multimnist_overlays_a_left_and_a_right_digit(tmp_path):
+    from polytask.data.multimnist import build, overlay
+
+    digits = np.zeros((4, 28, 28), np.uint8)
+    for d in range(4):
+        digits[d, 10:18, 10:18] = 60 * (d + 1)  # digit d is a square of brightness 60 (d + 1)
+    out = overlay(digits, np.arange(4), n=50, seed=0)
+    assert out["image"].shape == (50, 36, 36) and out["image"].dtype == np.uint8
+    for img, left, right in zip(out["image"], out["left"], out["right"]):
+        tl, br = img[10:18, 10:18], img[18:26, 18:26]  # where each square lands whatever the shifts
+        assert tl.max() >= 60 * (left + 1) and br.max() >= 60 * (right + 1)
+    assert overlay(digits, np.arange(4), n=50, seed=0)["image"].tobytes() == out["image"].tobytes()
+    np.savez(tmp_path / "mnist.npz", x_train=np.repeat(digits, 5, 0), y_train=np.tile(np.arange(4), 5),
+             x_test=digits, y_test=np.arange(4))
+    assert build(tmp_path / "mnist.npz", tmp_path / "mm", 10, 4, 4, dev_pool=8) == {"train": 10, "dev": 4, "test": 4}
+    assert np.load(tmp_path / "mm" / "dev.npz")["image"].shape == (4, 36, 36)
+
+
+def test_compare_on_image_tasks(image_data, tiny_cnn):
+    """Single-task models vs the joint one, with the serving-cost measurement: nothing in compare
+    knows the tasks read images."""
+    from polytask.compare import run_compare
+
+    write_split(image_data, "test", 8, 3)
+    raw = image_config(image_data, tiny_cnn, max_steps=4, eval_every=2)
+    for t in raw["tasks"]:
+        t["data"]["test"] = "test.jsonl"
+    raw["compare"] = {"isolate": False, "inference_examples": 4, "budget": "steps", "seeds": [1]}
+    root = run_compare(from_dict(raw), echo=lambda s: None)
+    results = json.loads((root / "results.json").read_text())
+    assert set(results["table"]) >= {"single"} and (root / "inference.json").exists()
+
+
+def weighting_methods() -> list[str]:
+    from polytask.weighting import REGISTRY
+
+    return list(REGISTRY)
+
+
+@pytest.mark.parametrize("method", weighting_methods())
+def test_every_weighting_method_trains_on_image_tasks(image_data, tiny_cnn, method):
+    """Two steps of hard sharing with each method: they see task losses and the Gram matrix of
+    representation gradients, whatever the input kind."""
+    from polytask.train import train
+
+    cfg = image_config(image_data, tiny_cnn, weighting=method, max_steps=2, eval_every=2)
+    run_dir = train(from_dict(dict(cfg, name=method)), progress=False)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["kind"] == "train"]
+    assert steps and all(np.isfinite(v) for e in steps for v in e["loss"].values())

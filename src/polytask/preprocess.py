@@ -131,7 +131,6 @@ class ImageInput:
 
     def __init__(self, convert: bool = False):
         self.convert = convert
-        self.processor: ImageProcessor | None = None  # set by encode (the backbone's, or the run's)
 
     def read(self, value: Any, record_file: str) -> tuple[Any, str | None]:
         """The image reference kept for an example (an absolute path, or the array) and its problem."""
@@ -155,11 +154,13 @@ class ImageInput:
             return None, f"undecodable image bytes ({exc})"
 
     def encode(self, examples: list, processor: ImageProcessor) -> list[dict]:
-        self.processor = processor
-        return [{"image": ex.fields["image"], "index": i, "augment": False} for i, ex in enumerate(examples)]
+        """Features keep the image (decoded at collation), their position (the augmentation seed)
+        and the processor that encoded them (the backbone's, or a loaded run's)."""
+        return [{"image": ex.fields["image"], "index": i, "augment": False, "processor": processor}
+                for i, ex in enumerate(examples)]
 
     def collate(self, feats: list[dict]) -> dict[str, Tensor]:
-        p = self.processor
+        p = feats[0]["processor"]
         seed = batch_seed([f["index"] for f in feats]) if feats[0]["augment"] else None
         pixels = []
         for k, f in enumerate(feats):

@@ -15,6 +15,7 @@ class Kind(NamedTuple):
     from_config: Callable  # (config folder, dtype) -> model with random weights
     load_model_cfg: Callable | None = None  # (ModelConfig) -> (model, processor), when load needs more than the name
     saved_processor: Callable | None = None  # (run's tokenizer folder) -> its input processor, when not a tokenizer
+    processor: Callable | None = None  # (ModelConfig) -> its input processor without the weights, when not a tokenizer
 
 
 def _encoder() -> Kind:
@@ -34,7 +35,9 @@ def _vision() -> Kind:
 
     from polytask.preprocess import ImageProcessor
 
-    return Kind(None, vision_from_config, load_vision, ImageProcessor.from_pretrained)
+    from polytask.backbones.vision import processor_for
+
+    return Kind(None, vision_from_config, load_vision, ImageProcessor.from_pretrained, processor_for)
 
 
 KINDS: dict[str, Callable[[], Kind]] = {"encoder": _encoder, "causal_lm": _causal_lm, "vision": _vision}
@@ -70,6 +73,20 @@ def saved_processor(model_cfg, folder: str | Path):
     """A run's saved input processor when its kind has one that is not a tokenizer (images), else None."""
     load = KINDS[model_cfg.kind]().saved_processor
     return load(folder) if load is not None else None
+
+
+def input_processor(model_cfg):
+    """What encodes inputs for ``model_cfg`` without loading its weights: the pretrained tokenizer,
+    or the kind's own processor (images: size, mean, std and augmentation)."""
+    make = KINDS[model_cfg.kind]().processor
+    if make is not None:
+        return make(model_cfg)
+    from transformers import AutoTokenizer
+
+    from polytask.backbones.encoder import resolve_backbone
+    from polytask.registry import trust_remote_code
+
+    return AutoTokenizer.from_pretrained(resolve_backbone(model_cfg.backbone), trust_remote_code=trust_remote_code())
 
 
 def backbone_from_config(model_cfg, config_dir: str | Path):
@@ -125,4 +142,4 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-__all__ = ["KINDS", "backbone_from_config", "saved_processor", "check_max_length", "load_backbone", "pad_id", "pretrained_config"]
+__all__ = ["KINDS", "backbone_from_config", "input_processor", "saved_processor", "check_max_length", "load_backbone", "pad_id", "pretrained_config"]

@@ -186,6 +186,18 @@ def hf_preprocessing(source: str) -> tuple[int, list[float], list[float]]:
     return int(side), list(proc.image_mean or IMAGENET_MEAN), list(proc.image_std or IMAGENET_STD)
 
 
+def processor_for(model_cfg):
+    """The ImageProcessor of ``model.backbone`` and ``model.image``, without loading the network."""
+    from polytask.preprocess import ImageProcessor
+
+    name = DEFAULT if model_cfg.backbone in ("minilm", "", None) else model_cfg.backbone
+    if name.startswith("efficientnet-lite"):
+        return ImageProcessor.for_backbone(model_cfg.image, 224, LITE_MEAN, LITE_STD)
+    from polytask.backbones.encoder import resolve_backbone
+
+    return ImageProcessor.for_backbone(model_cfg.image, *hf_preprocessing(resolve_backbone(name)))
+
+
 def load_vision(model_cfg) -> tuple[VisionBackbone, object]:
     """``(backbone, ImageProcessor)`` of ``model.backbone`` (``minilm``, the text default, means
     efficientnet-lite0), pretrained."""

@@ -17,6 +17,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from polytask.backbones import input_processor
+from polytask.batching import feature_length
 from polytask.config import Config, TaskConfig, to_dict
 from polytask.dataset import TaskData, prepare
 
@@ -46,8 +48,8 @@ class Prepared:
             key = _lengths_key(cfg, tc)
             if key not in self._lengths:
                 td = self.task_data(cfg, tc)
-                feats = td.task.encode(td.examples["train"], self.tokenizer(cfg.model.backbone), cfg.model.max_length)
-                self._lengths[key] = [len(f["input_ids"]) for f in feats]
+                feats = td.task.encode(td.examples["train"], self.tokenizer(cfg.model), cfg.model.max_length)
+                self._lengths[key] = [feature_length(f) for f in feats]
             out[tc.name] = self._lengths[key]
         return out
 
@@ -60,16 +62,12 @@ class Prepared:
             self._other[key] = prepare(replace(cfg, compare=None, tasks=[tc]), splits=("train",))[tc.name]
         return self._other[key]
 
-    def tokenizer(self, backbone: str):
-        if backbone not in self._tokenizers:
-            from transformers import AutoTokenizer
-
-            from polytask.backbones.encoder import resolve_backbone
-            from polytask.registry import trust_remote_code
-
-            self._tokenizers[backbone] = AutoTokenizer.from_pretrained(resolve_backbone(backbone),
-                                                                       trust_remote_code=trust_remote_code())
-        return self._tokenizers[backbone]
+    def tokenizer(self, model_cfg):
+        """The input processor of ``model_cfg`` (its tokenizer for text), loaded once per backbone and kind."""
+        key = f"{model_cfg.kind}:{model_cfg.backbone}:{to_dict(model_cfg.image)}"
+        if key not in self._tokenizers:
+            self._tokenizers[key] = input_processor(model_cfg)
+        return self._tokenizers[key]
 
     def _reads_like_base(self, cfg: Config, tc: TaskConfig) -> bool:
         base = self.cfg
