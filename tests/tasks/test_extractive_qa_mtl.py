@@ -51,3 +51,22 @@ def test_every_architecture(tiny_backbone, tmp_path, qa_file, arch):
 def test_every_weighting_method(tiny_backbone, tmp_path, qa_file, method):
     dev = run(tiny_backbone, tmp_path, qa_file, weighting={"name": method})
     assert math.isfinite(dev["qa"]["f1"])
+
+
+def test_squad2_style_unanswerable_questions_train_and_score(tiny_backbone, tmp_path):
+    path = tmp_path / "qa2.jsonl"
+    rows = [{"question": q, "context": CONTEXT, "answers": [{"text": a, "answer_start": CONTEXT.index(a)}]}
+            for q, a in ROWS] + [{"question": "Who painted it?", "context": CONTEXT, "answers": []}]
+    path.write_text("\n".join(json.dumps(r) for r in rows * 3) + "\n")
+    import polytask
+    from polytask.config import from_dict
+
+    raw = tiny_config(tiny_backbone, tmp_path, max_steps=2, eval_every=2, batch_size=4)
+    raw["tasks"] = [{"name": "qa", "type": "extractive_qa", "doc_stride": 8, "allow_unanswerable": True,
+                     "data": {"train": str(path), "dev": str(path)}}]
+    raw["model"]["max_length"] = 32
+    run_dir = polytask.train(from_dict(raw), progress=False)
+    dev = json.loads((run_dir / "summary.json").read_text())["dev"]["qa"]
+    assert {"has_ans_f1", "no_ans_f1", "best_f1", "best_f1_threshold"} <= set(dev) and dev["best_f1"] >= dev["f1"]
+    pred = polytask.load(run_dir).predict("qa", [{"question": "Who painted it?", "context": CONTEXT}])[0]
+    assert {"null_margin", "best_span"} <= set(pred) and (pred["answer"] == "") == (pred["start"] == -1)
