@@ -92,6 +92,8 @@ def answer_tokens(window: Window, start: int, text: str) -> tuple[int, int]:
         return window.cls, window.cls
     first = next(k for k, (_, b) in enumerate(offs) if b > start)  # the token holding `start`
     last = max(k for k, (a, _) in enumerate(offs) if a < end)  # the token holding `end - 1`
+    if last < first:  # the answer lies between tokens (characters the tokenizer dropped)
+        return window.cls, window.cls
     return window.first + first, window.first + last
 
 
