@@ -40,6 +40,7 @@ def close():
 def test_every_series_has_markers_and_a_single_point_shows(close):
     fig = training_figure([train_event(5), eval_event(5)])
     data_lines = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() != "_nolegend_"
+                  and not line.get_label().startswith("best step")  # a vertical mark, not a series
                   and len(line.get_xdata()) >= 1 and line.get_xdata()[0] == 5]
     assert len(data_lines) >= 5  # loss a, b; dev a, b; macro; norms; lr
     assert all(line.get_marker() not in (None, "None", "") for line in data_lines)
@@ -114,3 +115,22 @@ def test_the_dev_axis_names_the_logged_main_metric_even_when_values_tie():
            "main": {"topic": 0.995}}
     assert main_metric_name([tie], "topic") == "main metric"  # ambiguous without the name: not guessed
     assert main_metric_name([{**tie, "main_metric": {"topic": "accuracy"}}], "topic") == "accuracy"
+
+
+def test_best_step_marked_norms_split_and_cosine_axis_follows_the_data(close):
+    """Issue 25.11: training.png did not mark the best step; training-step and probe gradient norms
+    (orders of magnitude apart) shared one panel; the cosine axis at +-1 flattened values near 0."""
+    events = [train_event(s, cosine=0.02 * s / 5) for s in (5, 10, 15)]
+    events += [train_event(20, probe=True, cosine=-0.03)]
+    events += [eval_event(5, 0.5), eval_event(10, 0.8), eval_event(15, 0.6)]
+    panels = axes_by_title(training_figure(events))
+    for title in ("dev a", "dev b", "dev macro average"):
+        marks = [line for line in panels[title].get_lines() if line.get_label().startswith("best step 10")]
+        assert marks and list(marks[0].get_xdata()) == [10, 10], title
+    assert "task gradient norm" not in panels
+    steps = panels["task gradient norm (training steps)"]
+    probes = panels["task gradient norm (probes)"]
+    assert all(line.get_linestyle() == "-" for line in steps.get_lines())
+    assert probes.get_lines() and all(line.get_linestyle() == "None" for line in probes.get_lines())
+    lo, hi = panels["cosine of task gradients (pairs)"].get_ylim()
+    assert -0.2 < lo < -0.03 and 0.06 < hi < 0.3  # the data's range with 0 in view, not -1..1

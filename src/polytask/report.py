@@ -32,16 +32,20 @@ def training_figure(events: list[dict]):
     evals = [e for e in events if e.get("kind") == "eval"]
     colours = task_colours(events)
     panels = [("training loss (running mean)", lambda ax: _loss(ax, train, colours))]
+    best = best_step(evals)
     for task in sorted({t for e in evals for t in e.get("main", {})}):
-        panels.append((f"dev {task}", lambda ax, task=task: _dev_task(ax, evals, task, colours)))
+        panels.append((f"dev {task}", lambda ax, task=task: _dev_task(ax, evals, task, colours, best)))
     if evals:
-        panels.append(("dev macro average", lambda ax: _macro(ax, evals)))
+        panels.append(("dev macro average", lambda ax: _macro(ax, evals, best)))
     if weights_vary(train):
         panels.append(("task weights (effective)", lambda ax: _weights(ax, train, colours)))
     if any(e.get("cosine") for e in train):
         panels.append(("cosine of task gradients (pairs)", lambda ax: _cosines(ax, train)))
-    if any(e.get("grad_norm") or e.get("probe_grad_norm") for e in train):
-        panels.append(("task gradient norm", lambda ax: _grad_norms(ax, train, colours)))
+    # training-step norms and probe norms (a different quantity, orders of magnitude apart): one panel each
+    if any(e.get("grad_norm") for e in train):
+        panels.append(("task gradient norm (training steps)", lambda ax: _grad_norms(ax, train, colours, "grad_norm")))
+    if any(e.get("probe_grad_norm") for e in train):
+        panels.append(("task gradient norm (probes)", lambda ax: _grad_norms(ax, train, colours, "probe_grad_norm")))
     if any("lr" in e for e in train):
         panels.append(("learning rate", lambda ax: _lr(ax, train)))
     return _grid(panels)
@@ -116,15 +120,28 @@ def _loss(ax, train: list[dict], colours: dict) -> None:
     ax.set_ylabel("loss")
 
 
-def _dev_task(ax, evals: list[dict], task: str, colours: dict) -> None:
+def best_step(evals: list[dict]) -> int | None:
+    """The step of the best dev macro average (the first on ties, as training selects the weights)."""
+    scored = [e for e in evals if e.get("macro") is not None and e.get("macro") == e.get("macro")]
+    return max(scored, key=lambda e: (e["macro"], -e["step"]))["step"] if scored else None
+
+
+def _mark_best(ax, best: int | None) -> None:
+    if best is not None:
+        ax.axvline(best, color="green", linestyle=":", linewidth=1.2, label=f"best step {best} (saved weights)")
+
+
+def _dev_task(ax, evals: list[dict], task: str, colours: dict, best: int | None = None) -> None:
     _series(ax, evals, "main", task, colours[task], label=task)
+    _mark_best(ax, best)
     ax.set_ylabel(main_metric_name(evals, task))
 
 
-def _macro(ax, evals: list[dict]) -> None:
+def _macro(ax, evals: list[dict], best: int | None = None) -> None:
     pts = [(e["step"], e["macro"]) for e in evals if e.get("macro") is not None]
     if pts:
         ax.plot(*zip(*pts), "k--", marker="o", markersize=4)
+    _mark_best(ax, best)
     ax.set_ylabel("macro (mean of task main metrics)")
 
 
@@ -146,18 +163,22 @@ def _cosines(ax, train: list[dict]) -> None:
                 label=None if step_cosines else f"{pair} (probe)")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_ylabel("cosine" + (" (hollow points: probes)" if probe_events else ""))
-    ax.set_ylim(-1.05, 1.05)
+    values = [v for e in train for v in (e.get("cosine") or {}).values() if v == v]
+    if values:  # the data's range with 0 in view, not +-1: cosines near 0 would all sit on one line
+        lo, hi = min(min(values), 0.0), max(max(values), 0.0)
+        pad = max(0.05, 0.1 * (hi - lo))
+        ax.set_ylim(max(-1.05, lo - pad), min(1.05, hi + pad))
 
 
-def _grad_norms(ax, train: list[dict], colours: dict) -> None:
-    tasks = sorted({t for e in train for k in ("grad_norm", "probe_grad_norm") for t in e.get(k) or {}})
+def _grad_norms(ax, train: list[dict], colours: dict, key: str) -> None:
+    """One kind of norm: ``grad_norm`` (each training step's) or ``probe_grad_norm`` (probes)."""
+    tasks = sorted({t for e in train for t in e.get(key) or {}})
     for t in tasks:
-        _series(ax, train, "grad_norm", t, colours[t], label=t)
-        _series(ax, train, "probe_grad_norm", t, colours[t], points_only=True, markerfacecolor="none")
-    positive = [v for e in train for k in ("grad_norm", "probe_grad_norm") for v in (e.get(k) or {}).values()]
+        _series(ax, train, key, t, colours[t], points_only=key == "probe_grad_norm", label=t)
+    positive = [v for e in train for v in (e.get(key) or {}).values()]
     if positive and min(positive) > 0:
         ax.set_yscale("log")
-    ax.set_ylabel("L2 norm" + (" (hollow: probes)" if any("probe_grad_norm" in e for e in train) else ""))
+    ax.set_ylabel("L2 norm")
 
 
 def _lr(ax, train: list[dict]) -> None:
