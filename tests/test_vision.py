@@ -223,6 +223,12 @@ def test_two_image_tasks_hard_sharing_mgda_save_load_predict(image_data, tiny_cn
     assert acc == pytest.approx(summary["dev"]["left"]["accuracy"])
     as_bytes = pred.predict("left", [(image_data / rows[0]["path"]).read_bytes()])
     assert as_bytes == got[:1]
+    pytest.importorskip("fastapi")
+    from polytask.errors import PolytaskError
+    from polytask.serve import create_app
+
+    with pytest.raises(PolytaskError, match="does not serve image tasks yet"):  # not a path reader on the server's disk
+        create_app(pred)
 
 
 def test_mtan_over_cnn_stages_trains_and_resumes_exactly(image_data, tiny_cnn):
@@ -307,3 +313,20 @@ def test_every_weighting_method_trains_on_image_tasks(image_data, tiny_cnn, meth
     events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["kind"] == "train"]
     assert steps and all(np.isfinite(v) for e in steps for v in e["loss"].values())
+
+
+def test_a_vision_transformer_by_folder_trains_with_hard_sharing_and_mtan_is_refused(image_data, tmp_path):
+    """A Hugging Face model without a backbone class (ViT) comes through AutoModel: its token
+    states feed the heads (CLS first); MTAN needs a CNN's stages and says so."""
+    from transformers import ViTConfig, ViTModel
+
+    from polytask.train import train
+
+    torch.manual_seed(0)
+    vit = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    image_size=16, patch_size=8)
+    ViTModel(vit, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    cfg = image_config(image_data, str(tmp_path / "vit"), max_steps=2, eval_every=2)
+    assert (train(from_dict(cfg), progress=False) / "summary.json").exists()
+    with pytest.raises(ConfigError, match="token states only"):
+        train(from_dict(dict(cfg, name="mtan", architecture={"name": "mtan"})), progress=False)

@@ -49,6 +49,9 @@ class ConvMTAN(Architecture):
         super().__init__(backbone, tasks)
         if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 1:
             raise ConfigError(f"architecture.args.bottleneck: expected a positive integer, got {bottleneck!r}")
+        if not getattr(backbone.config, "pyramid", True):
+            raise ConfigError(f"architecture.name: mtan attends over a CNN's stages; {backbone.config.source} gives "
+                              f"token states only (a vision transformer): use hard")
         ch = list(backbone.config.channels)
         self.attention = nn.ModuleDict({
             t: nn.ModuleList([StageAttention(c if j == 0 else c + ch[j - 1], c, bottleneck) for j, c in enumerate(ch)])

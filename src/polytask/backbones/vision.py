@@ -45,15 +45,16 @@ class VisionConfig:
     channels per stage and its preprocessing defaults. ``hidden_size``: the last stage's channels."""
 
     def __init__(self, family: str, source: str, channels: list[int], size: int, mean: list[float],
-                 std: list[float], hf_config: dict | None = None, hf_class: str | None = None):
+                 std: list[float], hf_config: dict | None = None, hf_class: str | None = None, pyramid: bool = True):
         self.family, self.source, self.channels = family, source, list(channels)
         self.size, self.mean, self.std = size, list(mean), list(std)
         self.hf_config, self.hf_class = hf_config, hf_class
+        self.pyramid = pyramid  # False: token states only (a ViT through AutoModel)
         self.hidden_size = self.channels[-1]
         self.model_type = "polytask_vision"
 
     def to_dict(self) -> dict:
-        keys = ("family", "source", "channels", "size", "mean", "std", "hf_config", "hf_class")
+        keys = ("family", "source", "channels", "size", "mean", "std", "hf_config", "hf_class", "pyramid")
         return {"model_type": self.model_type, **{k: getattr(self, k) for k in keys}}
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -164,14 +165,15 @@ def hf_net(source: str | Path, config=None) -> tuple[nn.Module, str]:
     return (AutoModel.from_config(cfg) if config else AutoModel.from_pretrained(source, config=cfg)), "AutoModel"
 
 
-def probe_channels(net: VisionBackbone, size: int) -> list[int]:
-    """The channels of every pyramid level (one eval-mode pass over a blank image)."""
+def probe_channels(net: VisionBackbone, size: int) -> tuple[list[int], bool]:
+    """The channels of every pyramid level, and whether there is a pyramid (else the channels of
+    the token states): one eval-mode pass over a blank image."""
     was = net.training
     net.eval()
     with torch.no_grad():
         out = net(torch.zeros(1, 3, size, size))
     net.train(was)
-    return [m.shape[1] for m in out.maps] or [out.last_hidden_state.shape[-1]]
+    return ([m.shape[1] for m in out.maps], True) if out.maps else ([out.last_hidden_state.shape[-1]], False)
 
 
 def hf_preprocessing(source: str) -> tuple[int, list[float], list[float]]:
@@ -216,7 +218,7 @@ def load_vision(model_cfg) -> tuple[VisionBackbone, object]:
         size, mean, std = hf_preprocessing(source)
     config = VisionConfig(family, name, [0], size, mean, std, hf_cfg, cls)
     backbone = VisionBackbone(net, config)
-    config.channels = probe_channels(backbone, model_cfg.image.size or size)
+    config.channels, config.pyramid = probe_channels(backbone, model_cfg.image.size or size)
     config.hidden_size = config.channels[-1]
     return backbone, ImageProcessor.for_backbone(model_cfg.image, size, mean, std)
 

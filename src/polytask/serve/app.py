@@ -195,6 +195,10 @@ def split(result: AllPredictions, a: int, b: int) -> AllPredictions:
 
 def create_app(pred: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``pred`` (see docs/serving.md)."""
+    unserved = [n for n, t in pred.tasks.items() if t.inputs is not None]
+    if unserved:  # a path field would be read from the server's own disk
+        raise PolytaskError(f"polytask serve does not serve image tasks yet ({', '.join(unserved)}): image uploads "
+                            f"(base64, multipart) are not implemented; use polytask predict (docs/vision.md)")
     settings = settings or ServeSettings()
     metrics = Metrics()
 
