@@ -433,3 +433,58 @@ def test_cli_compare_plan_shows_changed_finished_sub_runs_by_task_name(tiny_back
     assert "[finished]" in next(x for x in plan.stdout.splitlines() if x.startswith("single/sentiment/seed3"))
     real = _compare_cli(path, "tasks.topic.pooling=cls", cwd=tmp_path)
     assert real.returncode == 2 and "tasks.topic.pooling" in real.stderr and "tasks.0" not in real.stderr
+
+
+def test_cli_compare_leads_with_the_verdict_and_says_provisional(compared, tmp_path):
+    """Issue 25.9: the CLI printed the headline Delta-m (with near-chance tasks) first and the
+    verdict last, and never said "provisional" when models were still improving at their cap."""
+    import yaml
+
+    raw, root, _ = compared
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = _compare_cli(path, "--report-only", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    table = next(i for i, line in enumerate(lines) if line.startswith("task (metric)"))
+    verdicts = [i for i, line in enumerate(lines) if line.startswith(("verdict ew:", "verdict uw:"))]
+    assert len(verdicts) == 2 and max(verdicts) < table, proc.stdout
+    assert "from the 95% interval of" in lines[verdicts[0]]
+    results = json.loads((root / "results.json").read_text())
+    improving = sum(r["still_improving"] for r in results["convergence"])
+    assert improving and any(line.startswith(f"provisional: {improving} of 4 models were still improving")
+                             for line in lines[:table]), proc.stdout
+
+
+def test_delta_m_plot_draws_the_bootstrap_interval_and_metrics_the_chance_level(compared, tmp_path):
+    """Issue 25.9/25.12: delta_m.png's test bars had the seed spread (zero with one seed), not the
+    interval the verdict reads; metrics.png did not show the chance (majority-class) level."""
+    from polytask.compare.plots import delta_m_bars, plot_metrics
+
+    _, root, _ = compared
+    results = json.loads((root / "results.json").read_text())
+    assert len(results["seeds"]) == 1
+    bars = delta_m_bars(results, "test")
+    for m in ("ew", "uw"):
+        mean, lo, hi = bars[m]
+        lo_iv, hi_iv = results["intervals"][m]["delta_m"]
+        assert (lo, hi) == (min(lo_iv, mean), max(hi_iv, mean)) and hi > lo  # not zero with one seed
+    assert all(lo == hi for _, lo, hi in delta_m_bars(results, "dev").values())  # dev: std over 1 seed: none
+    with_chance = plot_metrics(results, tmp_path / "with.png").read_bytes()
+    blind = dict(results, chance={})
+    assert plot_metrics(blind, tmp_path / "without.png").read_bytes() != with_chance  # the chance line is drawn
+    assert all(0 < results["chance"]["test"][t] < 1 for t in ("sentiment", "topic"))
+
+
+def test_method_line_names_only_the_sampler_the_method_uses(tmp_path):
+    """Issue 25.9: a method whose weighting trains every task in every step (PCGrad) was listed
+    with the base config's sampler, which it never uses."""
+    from polytask.compare.results import _method_settings
+    from polytask.compare.report_checks import md_positive_labels
+
+    raw = two_task_raw("minilm", tmp_path, methods=[{"name": "ew"}, {"name": "pc", "weighting": {"name": "pcgrad"}}])
+    settings = _method_settings(plan_compare(from_dict(raw), sizes=SIZES))
+    assert "every task in every step (no sampler)" in settings["pc"] and "sampling" not in settings["pc"]
+    assert "sampling temperature" in settings["ew"] or "sampling " in settings["ew"]
+    line = md_positive_labels({"positive_labels": {"mrpc": "equivalent"}})[0]
+    assert "its `labels:` when set" in line

@@ -2,9 +2,10 @@
 :func:`polytask.compare.results.collect`:
 
 * ``metrics.png``  per-task main metric of every model (test: bars, mean +- std over seeds;
-  dev: dots);
-* ``delta_m.png``  Delta-m per method on dev and test (mean +- std over seeds), with the
-  "+1%" target line;
+  dev: dots), with the test split's chance level (the best input-blind score: the majority
+  class, always-positive F1; :mod:`polytask.compare.chance`) as a dotted line;
+* ``delta_m.png``  Delta-m per method on dev (mean +- std over seeds) and test (the 95%
+  bootstrap interval the verdict reads, :func:`delta_m_bars`), with the target line;
 * ``curves.png``   dev main metric against the number of that task's training examples seen,
   per task, for the single-task model and every method (first seed);
 
@@ -76,6 +77,9 @@ def plot_metrics(results: dict, path: Path) -> Path:
             if finite(dev.get("mean")):
                 ax.errorbar(j, dev["mean"], yerr=_err(dev), fmt="o", color="black", ms=4,
                             label="dev" if j == 0 else None)
+        chance = (results.get("chance") or {}).get("test", {}).get(t)
+        if finite(chance):  # what a model that ignores its input scores (majority class, always-positive F1)
+            ax.axhline(chance, color="gray", lw=1, ls=":", label="chance (input-blind best)" if k == 0 else None)
         ax.set_xticks(range(len(cols)))
         ax.set_xticklabels([label(c) for c in cols], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{t} ({results['metric'][t]})", fontsize=10)
@@ -84,27 +88,45 @@ def plot_metrics(results: dict, path: Path) -> Path:
     return _finish(plt, fig, path)
 
 
+def delta_m_bars(results: dict, split: str) -> dict[str, tuple[float, float, float]]:
+    """Per method: (Delta-m mean, lower, upper) as ``delta_m.png`` draws it. Test: the bootstrap
+    interval the verdict reads (over seeds and test examples; not zero with one seed); dev: the
+    std over seeds (none with one seed)."""
+    out = {}
+    for m in results["methods"]:
+        d = results["delta_m"].get(m, {}).get(split, {})
+        if not finite(d.get("mean")):
+            continue
+        interval = ((results.get("intervals") or {}).get(m) or {}).get("delta_m") if split == "test" else None
+        if interval:
+            out[m] = (d["mean"], min(interval[0], d["mean"]), max(interval[1], d["mean"]))
+        else:
+            e = _err(d) or 0.0
+            out[m] = (d["mean"], d["mean"] - e, d["mean"] + e)
+    return out
+
+
 def plot_delta_m(results: dict, path: Path) -> Path:
     plt = _plt()
     methods = results["methods"]
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(methods) + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.4 * len(methods) + 2.5), 3.8))
     width = 0.38
-    for k, (split, color) in enumerate((("dev", "#9ecae1"), ("test", "#3182bd"))):
-        xs, ys, es = [], [], []
-        for j, m in enumerate(methods):
-            d = results["delta_m"].get(m, {}).get(split, {})
-            if finite(d.get("mean")):
-                xs.append(j + (k - 0.5) * width)
-                ys.append(d["mean"])
-                es.append(_err(d) or 0.0)
-        ax.bar(xs, ys, width, yerr=es, capsize=3, color=color, label=split)
+    for k, (split, color, what) in enumerate((("dev", "#9ecae1", "dev (± std over seeds)"),
+                                              ("test", "#3182bd", "test (95% bootstrap interval)"))):
+        bars = delta_m_bars(results, split)
+        xs = [j + (k - 0.5) * width for j, m in enumerate(methods) if m in bars]
+        ys = [bars[m][0] for m in methods if m in bars]
+        errs = [[bars[m][0] - bars[m][1] for m in methods if m in bars], [bars[m][2] - bars[m][0] for m in methods
+                                                                         if m in bars]]
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, color=color, label=what)
     ax.axhline(0, color="black", lw=0.8)
-    ax.axhline(TARGET_DELTA, color="green", lw=0.8, ls="--", label=f"target +{TARGET_DELTA:g}%")
+    ax.axhline(TARGET_DELTA, color="green", lw=1.2, ls="--", label=f"target: Delta-m > +{TARGET_DELTA:g}%")
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels(methods, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("Delta-m (%)")
-    ax.set_title("Multi-task vs single-task (Delta-m, mean ± std over seeds)", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.set_ylabel("Delta-m (%) vs single-task")
+    ax.set_title("Did multi-task learning help? Delta-m per method\n(above 0: better than single-task models)",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="best")
     return _finish(plt, fig, path)
 
 

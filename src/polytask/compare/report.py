@@ -96,31 +96,54 @@ def format_table(results: dict) -> str:
     rows = [[f"{t} ({results['metric'][t]})"] + [fmt(results["table"][c]["test"].get(t)) for c in cols]
             for t in results["tasks"]]
     rows.append(["macro"] + [fmt(results["table"][c]["test"].get("macro")) for c in cols])
+    flagged = any(d.get("test", {}).get("near_chance") for d in results["delta_m"].values())
     for split in ("test", "dev"):
-        rows.append([f"Delta-m % ({split})", "0 (reference)"] + [_delta(results, c, split) for c in cols[1:]])
+        rows.append([f"Delta-m % ({split}{', all tasks' if flagged else ''})", "0 (reference)"]
+                    + [_delta(results, c, split) for c in cols[1:]])
+    if flagged:
+        rows.append(["Delta-m % (test, w/o near-chance)", "0 (reference)"] + [
+            fmt(results["delta_m"].get(c, {}).get("test", {}).get("without_near_chance"), 2, pct=True)
+            for c in cols[1:]])
     eff = results.get("efficiency", {})
     rows.append(["train samples/s"] + [_num(eff.get(c, {}).get("samples_per_s"), 1) for c in cols])
     rows.append(["trainable params"] + [_num(eff.get(c, {}).get("trainable_params")) for c in cols])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     out = [f"compare '{results['name']}' (test, main metric; mean ± std over {len(results['seeds'])} seed(s); "
-           f"budget: {results['budget_rule']})", line(head), line(["-" * w for w in widths])]
+           f"budget: {results['budget_rule']})", *_verdict_lines(results), line(head), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     best = best_on_dev(results)
     if best:
         v = verdicts(results)[best]
-        out.append(f"best method on dev: {best} (test Delta-m {v['test']:+.2f}%, "
+        out.append(f"best method on dev: {best} (test Delta-m of all tasks {v['test']:+.2f}%, "
                    f"worst task {v['worst_task']} {v['worst_change']:+.1f}%; "
                    f"target Delta-m > +{TARGET_DELTA:g}% with no task below {WORST_TASK:g}%: "
                    f"{'met' if v['meets_target'] else 'not met'})")
-    for m, iv in (results.get("intervals") or {}).items():
-        if iv and iv.get("delta_m"):
-            lo, hi = iv["delta_m"]
-            out.append(f"verdict {m}: {iv['verdict']} (from the {100 * iv['level']:.0f}% interval of "
-                       f"{iv.get('verdict_from', 'Delta-m')}; Delta-m interval [{lo:+.2f}, {hi:+.2f}]%)")
     if results.get("missing"):
         out.append(f"unfinished sub-runs (not in the table): {', '.join(results['missing'])}")
     return "\n".join(out)
+
+
+def _verdict_lines(results: dict) -> list[str]:
+    """What the CLI leads with: each method's verdict and the interval it reads (Delta-m, or
+    Delta-m without near-chance tasks, or the chance-corrected gain), and "provisional" when
+    models were still improving at their step cap."""
+    out = []
+    reads = {"Delta-m": "delta_m", "Delta-m without near-chance tasks": "delta_m_without_near_chance"}
+    for m, iv in (results.get("intervals") or {}).items():
+        if not iv or not iv.get("delta_m"):
+            continue
+        source = iv.get("verdict_from", "Delta-m")
+        interval = iv.get(reads.get(source, "gain")) or iv["delta_m"]
+        unit = "%" if source in reads else ""
+        left_out = f"; near-chance tasks left out: {', '.join(iv['near_chance'])}" if iv.get("near_chance") else ""
+        out.append(f"verdict {m}: {iv['verdict']} (from the {100 * iv['level']:.0f}% interval of {source}: "
+                   f"[{interval[0]:+.2f}, {interval[1]:+.2f}]{unit}{left_out})")
+    improving = [r["run"] for r in results.get("convergence") or [] if r.get("still_improving")]
+    if improving:
+        out.append(f"provisional: {len(improving)} of {len(results['convergence'])} models were still improving at "
+                   "their step cap; their scores are lower bounds (report.md: \"Did each model converge?\")")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def md_positive_labels(results: dict) -> list[str]:
         return []
     items = ", ".join(f"{t}: `{label}`" for t, label in labels.items())
     return [f"Binary F1 is the F1 of the positive label ({items}; set `positive_label:` on the task to change it; "
-            "default: the second label in sorted order).", ""]
+            "default: the second label of the task's label order, its `labels:` when set, else sorted).", ""]
 
 
 def md_convergence(results: dict) -> list[str]:

@@ -20,7 +20,7 @@ from polytask.compare.chance import corrected_scores, gain, near_chance
 from polytask.compare.grid import choose
 from polytask.compare.stats import delta_m_defined, mean_std, relative_changes
 from polytask.compare.uncertainty import bootstrap, chance_levels
-from polytask.compare.plan import SINGLE, Plan, SubRun, default_patience, n_evaluations
+from polytask.compare.plan import SINGLE, Plan, SubRun, default_patience, n_evaluations, weighting_class
 from polytask.compare.prepared import Prepared
 from polytask.config import CompareConfig, Config, to_dict
 
@@ -303,7 +303,10 @@ def _method_settings(plan: Plan) -> dict[str, str]:
         c = plan.select(m, plan.seeds[0])[0].cfg
         mc = methods.get(m)
         extra = f"; overrides: {', '.join(mc.overrides)}" if mc and mc.overrides else ""
-        out[m] = (f"weighting {_component(c.weighting)}, sampling {_component(c.sampling)}, "
+        # a method whose weighting needs every task in every step draws a batch of each: no sampler
+        sampling = ("every task in every step (no sampler)" if weighting_class(c.weighting.name).needs_all_tasks
+                    else f"sampling {_component(c.sampling)}")
+        out[m] = (f"weighting {_component(c.weighting)}, {sampling}, "
                   f"architecture {_component(c.architecture)}, {c.train.max_steps} steps{extra}")
     return out
 
