@@ -218,3 +218,20 @@ def test_polytask_serve_serves_the_adapted_run_with_old_and_new_tasks(source_run
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_curves_show_the_chance_level_and_readable_k_ticks(source_run, tmp_path):
+    """Issue 25.12: K-shot tables and curves did not show the chance (majority-class) level, so a
+    score at or below "always the majority label" looked like learning; K ticks were 10^x."""
+    from polytask.adapt.curves import figure
+
+    result = learning_curves(source_run, new_task(max_steps=2, eval_every=2), [4, 8], seeds=1,
+                             out_dir=tmp_path / "curves", progress=False)
+    assert 0 < result["chance"]["test"] < 1 and 0 < result["chance"]["dev"] < 1
+    md = (tmp_path / "curves" / "curves.md").read_text()
+    assert f"| chance (input-blind best) | {result['chance']['dev']:.4f} | " in md
+    fig = figure(result)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8"]
+    flat = [line for line in ax.get_lines() if len(set(line.get_ydata())) == 1]
+    assert any(line.get_ydata()[0] == pytest.approx(result["chance"]["test"]) for line in flat)

@@ -49,9 +49,12 @@ def learning_curves(run_dir: str | Path, task: dict | str | Path, shots: list[in
     for start in STARTS:
         records += start_runs(start, source, new, td, draws, tune, progress, bar)
     bar.close()
+    from polytask.compare.chance import chance_level
+
+    chance = {split: chance_level(td.task, refs) for split, refs in refs_of(td).items() if refs}
     result = {"task": new.name, "metric": td.task.main_metric, "tune": tune, "source": str(run.path),
               "pretrained": new.cfg.model.backbone, "train": vars(new.cfg.train), "runs": records,
-              "summary": summarise(records)}
+              "summary": summarise(records), "chance": chance}
     write_outputs(Path(out_dir), result)
     return result
 
@@ -115,11 +118,26 @@ def table(result: dict) -> str:
         a, b = by[("multitask", k)]["test_mean"], by[("pretrained", k)]["test_mean"]
         gain = "-" if a is None or b is None else f"{a - b:+.4f}"
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {gain} |")
+    chance = result.get("chance") or {}
+    if chance:  # what a model that ignores its input scores: every K must beat it to mean anything
+        cells = ["-" if chance.get(split) is None else f"{chance[split]:.4f}" for split in ("dev", "test")
+                 for _ in STARTS]
+        lines.append("| chance (input-blind best) | " + " | ".join(cells) + " | - |")
     return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
-    """Test (else dev) metric vs K, log x, mean +- std bands for both start points."""
+    """Test (else dev) metric vs K (:func:`figure`), saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(result: dict):
+    """Test (else dev) metric vs K, log x with the K values as ticks, mean +- std bands for both
+    start points, and the split's chance level (the best input-blind score) as a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,14 +152,20 @@ def plot(result: dict, path: Path) -> None:
         std = [r[f"{split}_std"] for r in rows]
         ax.plot(ks, mean, marker="o", label=f"{start} encoder")
         ax.fill_between(ks, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], alpha=0.2)
+    chance = (result.get("chance") or {}).get(split)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls=":", lw=1.2, label="chance (input-blind best)")
     ax.set_xscale("log")
+    ks = sorted({r["k"] for r in result["summary"]})
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("training examples K (log scale)")
     ax.set_ylabel(f"{split} {result['metric']}")
     ax.set_title(f"{result['task']}: few-shot transfer (--tune {result['tune']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def write_outputs(out: Path, result: dict) -> None:
