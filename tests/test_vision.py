@@ -330,3 +330,48 @@ def test_a_vision_transformer_by_folder_trains_with_hard_sharing_and_mtan_is_ref
     assert (train(from_dict(cfg), progress=False) / "summary.json").exists()
     with pytest.raises(ConfigError, match="token states only"):
         train(from_dict(dict(cfg, name="mtan", architecture={"name": "mtan"})), progress=False)
+
+
+def test_multilabel_and_regression_read_images(image_data, tiny_cnn):
+    """The text task types, unchanged, on an image field: a label set and a score per image."""
+    from polytask.predict import Predictor
+    from polytask.train import train
+
+    for split in ("train", "dev"):
+        rows = [json.loads(x) for x in (image_data / f"{split}.jsonl").read_text().splitlines()]
+        for r in rows:
+            r["colours"] = ",".join(c for c, on in (("red", r["left"] == "1"), ("green", r["right"] == "1")) if on) or "none"
+            r["redness"] = float(r["left"])
+        (image_data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = image_config(image_data, tiny_cnn, max_steps=2, eval_every=2)
+    cfg["tasks"] = [
+        {"name": "colours", "type": "multilabel", "columns": {"image": "path", "label": "colours"},
+         "data": {"train": "train.jsonl", "dev": "dev.jsonl"}},
+        {"name": "redness", "type": "regression", "columns": {"image": "path", "target": "redness"},
+         "data": {"train": "train.jsonl", "dev": "dev.jsonl"}},
+    ]
+    run_dir = train(from_dict(cfg), progress=False)
+    out = Predictor.load(run_dir).predict_all([str(image_data / "dev0.png")])
+    assert isinstance(out["colours"][0], list) and isinstance(out["redness"][0], float)
+
+
+def test_real_pets_quirks_are_reported(tmp_path, tiny_cnn):
+    """The Oxford-IIIT Pet sample's RGBA PNG and GIF, both named .jpg (skipped without ../shared/data)."""
+    from pathlib import Path
+
+    images = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets" / "images"
+    if not images.is_dir():
+        pytest.skip("../shared/data/pets is absent")
+    rows = [{"path": str(images / f"{n}.jpg"), "species": s}
+            for n, s in [("Abyssinian_1", "cat"), ("Abyssinian_5", "cat"), ("Abyssinian_34", "cat"),
+                         ("american_bulldog_10", "dog")]]
+    (tmp_path / "pets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = image_config(tmp_path, tiny_cnn)
+    cfg["tasks"] = [{"name": "species", "type": "classification", "columns": {"image": "path", "label": "species"},
+                     "data": {"train": "pets.jsonl"}}]
+    with pytest.raises(DataError) as err:
+        prepare(from_dict(cfg), splits=("train",))
+    assert "pets.jsonl:2" in str(err.value) and "a PNG file named .jpg" in str(err.value)
+    assert "pets.jsonl:3" in str(err.value) and "a GIF file named .jpg" in str(err.value)
+    cfg["model"]["image"]["convert"] = True
+    assert len(prepare(from_dict(cfg), splits=("train",))["species"].examples["train"]) == 4
