@@ -191,7 +191,8 @@ def test_processor_defaults_come_from_the_backbone_unless_overridden():
 
 @pytest.mark.parametrize("change, message", [
     ({"architecture": {"name": "cross_stitch"}}, "cross_stitch cannot be used with model.kind=vision"),
-    ({"architecture": {"name": "mmoe"}}, "has no version for a vision backbone"),
+    ({"architecture": {"name": "soft"}}, "has no version for a vision backbone"),
+    ({"architecture": {"name": "adapters"}}, "on images use hard, mtan, mmoe or ple"),
 ])
 def test_check_refuses_architectures_without_an_image_version(image_data, tiny_cnn, change, message):
     with pytest.raises(ConfigError, match=message):
@@ -375,3 +376,15 @@ def test_real_pets_quirks_are_reported(tmp_path, tiny_cnn):
     assert "pets.jsonl:3" in str(err.value) and "a GIF file named .jpg" in str(err.value)
     cfg["model"]["image"]["convert"] = True
     assert len(prepare(from_dict(cfg), splits=("train",))["species"].examples["train"]) == 4
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "ple"])
+def test_expert_architectures_mix_pooled_image_features(image_data, tiny_cnn, arch):
+    """MMoE / PLE experts are position-wise: on a CNN they mix the last map's positions, the
+    pooled vector (what the cls pooler reads) first."""
+    from polytask.predict import Predictor
+    from polytask.train import train
+
+    cfg = image_config(image_data, tiny_cnn, arch=arch, weighting="pcgrad", max_steps=2, eval_every=2)
+    run_dir = train(from_dict(cfg), progress=False)
+    assert Predictor.load(run_dir).predict("right", [str(image_data / "dev0.png")])[0] in ("0", "1")

@@ -71,7 +71,7 @@ class Architecture(nn.Module):
         Default: token-state backbones only; an architecture that works on images says so."""
         if io.consumes == PIXELS:
             return (f"it shares transformer blocks over token states and has no version for {io.describe}; "
-                    f"on images use hard or mtan")
+                    f"on images use hard, mtan, mmoe or ple")
         return None
 
     @classmethod

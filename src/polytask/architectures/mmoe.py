@@ -87,7 +87,11 @@ class MMoE(Architecture):
     def task_features(self, encoded: Tensor, batch: dict[str, Tensor], task: str) -> Features:
         h = encoded
         mixed = mix(self.gate(h, task), [e(h) for e in self.experts])
-        return Features(hidden=h + mixed if self.residual else mixed, mask=batch["attention_mask"], shared=h)
+        return Features(hidden=h + mixed if self.residual else mixed, mask=self.positions_mask(batch, h), shared=h)
+
+    @classmethod
+    def refuses(cls, io) -> str | None:
+        return None  # position-wise experts: on a CNN they mix every position of the last map, the pooled one first
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return super().shared_parameters() + [p for p in self.experts.parameters() if p.requires_grad]

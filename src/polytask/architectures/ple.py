@@ -103,7 +103,11 @@ class PLE(Architecture):
             if not last:
                 xs = self._step(xs, self.shared_gate(xs, i), S + [o for t in self.tasks for o in E[t]])
             xt = new
-        return Features(hidden=xt[task], mask=batch["attention_mask"], shared=h)
+        return Features(hidden=xt[task], mask=self.positions_mask(batch, h), shared=h)
+
+    @classmethod
+    def refuses(cls, io) -> str | None:
+        return None  # position-wise experts: on a CNN they mix every position of the last map, the pooled one first
 
     def shared_parameters(self) -> list[nn.Parameter]:
         extra = [p for level in self.levels for p in level.shared.parameters()]
