@@ -14,7 +14,8 @@ from conftest import tiny_config
 from polytask.config import from_dict
 from polytask.html_report import write_compare_report
 
-RUN_SECTIONS = ["Training curves", "Dev metrics per task", "Task weights", "Gradient cosines over time"]
+RUN_SECTIONS = ["Training curves", "Dev metrics per task", "Gradient cosines over time", "How this run was made",
+                "Data", "Resolved config"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -110,3 +111,34 @@ def test_reports_render_in_headless_chromium(run, compare_folder, tmp_path):
     bad = tmp_path / "bad.html"  # the check itself sees a console error
     bad.write_text("<html><body><script>console.error('boom'); missingFunction();</script></body></html>")
     assert len(console_errors(render(bad, tmp_path)[1])) == 2
+
+
+def test_cli_run_report_explains_the_run_and_renders(tiny_backbone, tmp_path):
+    """Issue 25.11: report.html was thin; it now has the command and wall time, data sizes and
+    label counts, a confusion matrix and sample errors per classification task, the resolved
+    config, and no weights table when every weight was 1; rendered in headless Chromium."""
+    import sys
+
+    import yaml
+
+    raw = tiny_config(tiny_backbone, tmp_path / "runs", max_steps=4, eval_every=4, log_every=2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "polytask.cli", "train", str(path), "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = tmp_path / "runs" / "tiny" / "report.html"
+    c = parse(report)
+    assert all(s in c.headings for s in RUN_SECTIONS), c.headings
+    assert "Task weights" not in c.headings
+    text = report.read_text()
+    assert f"polytask train {path} --no-progress" in text and "training wall time:" in text
+    for task in ("sentiment", "topic"):
+        assert f"{task}: confusion matrix and errors (dev)" in c.headings
+    assert "predicted positive" in text and "true negative" in text  # sentiment's labels
+    assert "<td>topic</td><td>160</td><td>40</td><td>40</td>" in text  # train / dev / test sizes
+    assert "max_steps: 4" in text
+    if CHROMIUM is None:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium)")
+    shot, log = render(report, tmp_path)
+    assert shot.stat().st_size > 10_000 and console_errors(log) == [], log[-2000:]

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import re
+from collections import Counter
 from pathlib import Path
 
 from polytask.files import atomic_write
@@ -70,7 +71,9 @@ def write_run_report(run) -> Path:
     plot_path = Path(run.plot_path)
     png = plot_path.read_bytes() if plot_path.is_file() else None
     affinity = run.read_affinity() if hasattr(run, "read_affinity") else None
-    extra = affinity_section(affinity, run.affinity_plots()) if affinity and "tag" in affinity else None
+    extra = run_details(run)
+    if affinity and "tag" in affinity:
+        extra += affinity_section(affinity, run.affinity_plots())
     text = render_run(run.events(), run.read_summary(), png, title=Path(run.path).name, extra=extra)
     out = Path(run.report_path)
     atomic_write(out, text.encode())
@@ -88,7 +91,9 @@ def render_run(events: list[dict], summary: dict, training_png: bytes | None = N
             f"dev macro {_cell(summary.get('dev_macro'))}; test macro {_cell(summary.get('test_macro'))}</p>",
             "<h2 id=\"curves\">Training curves</h2>", f"<img alt=\"training curves\" src=\"{data_uri(training_png)}\">",
             "<h2 id=\"metrics\">Dev metrics per task</h2>", metrics_tables(summary, events),
-            "<h2 id=\"weights\">Task weights</h2>", weights_table(events),
+            *(["<h2 id=\"weights\">Task weights</h2>", weights_table(events)] if weights_vary(
+                [e for e in events if e.get("kind") == "train"]) else
+              ["<p class=\"note\">Every task weight was 1 at every step (equal weighting): no weights table.</p>"]),
             "<h2 id=\"cosines\">Gradient cosines over time</h2>"]
     heatmap = cosine_heatmap(events)
     if heatmap is None:
@@ -96,6 +101,68 @@ def render_run(events: list[dict], summary: dict, training_png: bytes | None = N
     else:
         body.append(f"<img alt=\"gradient cosine heatmap\" src=\"{data_uri(figure_png(heatmap))}\">")
     return page(f"polytask report: {title}", body + list(extra or []))
+
+
+def run_details(run) -> list[str]:
+    """What made the run and what it saw: the command and wall time, data sizes and label counts,
+    a confusion matrix and sample errors per classification task (dev), the resolved config."""
+    import sys
+
+    import yaml
+
+    from polytask.config import to_dict
+
+    summary, events = run.read_summary(), run.events()
+    start = next((e for e in events if e.get("kind") == "start"), {})
+    cfg = run.read_config() if run.has_config() else None
+    preds = {split: run.read_predictions(split) or {} for split in ("dev", "test")}
+    body = ["<h2 id=\"run\">How this run was made</h2>",
+            f"<p>command: <code>{html.escape(' '.join([_program(sys.argv[0]), *sys.argv[1:]]))}</code><br>"
+            f"training wall time: {_cell(summary.get('train_seconds'))} s for {_cell(summary.get('steps'))} steps "
+            f"(best step {_cell(summary.get('best_step'))})</p>",
+            "<h2 id=\"data\">Data</h2>", data_table(start.get("train_sizes") or {}, preds)]
+    kinds = {t.name: t.type for t in cfg.tasks} if cfg else {}
+    for task, got in preds["dev"].items():
+        if kinds.get(task) == "classification" and got.get("references"):
+            body += [f"<h2 id=\"confusion-{html.escape(task)}\">{html.escape(task)}: confusion matrix and errors "
+                     "(dev)</h2>", *classification_details(got["predictions"], got["references"])]
+    if cfg is not None:
+        body += ["<h2 id=\"config\">Resolved config</h2>",
+                 f"<pre>{html.escape(yaml.safe_dump(to_dict(cfg), sort_keys=False))}</pre>"]
+    return body
+
+
+def _program(argv0: str) -> str:
+    """``polytask`` for the command line (its script, or ``python -m polytask.cli``), else the script."""
+    return "polytask" if Path(argv0).name in ("polytask", "cli.py") else argv0
+
+
+def data_table(train_sizes: dict, preds: dict) -> str:
+    """Examples per task and split, and the dev label counts of label-set tasks."""
+    rows = []
+    for task in sorted(set(train_sizes) | set(preds["dev"]) | set(preds["test"])):
+        refs = preds["dev"].get(task, {}).get("references") or []
+        counts = Counter(r for r in refs if isinstance(r, str))
+        rows.append([task, train_sizes.get(task), len(refs) or None,
+                     len(preds["test"].get(task, {}).get("references") or []) or None,
+                     ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))])
+    return table(["task", "train", "dev", "test", "dev labels"], rows)
+
+
+def classification_details(predictions: list, references: list, show: int = 5) -> list[str]:
+    """A confusion matrix (rows: true label, columns: predicted) and the first ``show`` errors."""
+    from sklearn.metrics import confusion_matrix
+
+    labels = sorted(set(references) | set(predictions), key=str)
+    matrix = confusion_matrix(references, predictions, labels=labels)
+    rows = [[f"true {label}", *map(int, row)] for label, row in zip(labels, matrix)]
+    errors = [[i, ref, pred] for i, (ref, pred) in enumerate(zip(references, predictions)) if ref != pred]
+    out = [table(["", *(f"predicted {label}" for label in labels)], rows)]
+    if errors:
+        out += [f"<p class=\"note\">{len(errors)} of {len(references)} dev examples wrong; the first "
+                f"{min(show, len(errors))} (by position in the dev file):</p>",
+                table(["dev example", "true", "predicted"], errors[:show])]
+    return out
 
 
 def affinity_section(affinity: dict, pngs: dict[str, bytes]) -> list[str]:
