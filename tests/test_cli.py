@@ -236,3 +236,13 @@ def test_label_names_rename_numeric_labels_and_predict_shows_scores(tmp_path, ti
     bad.write_text(yaml.safe_dump(raw))
     proc = cli("check", bad, check=False)
     assert proc.returncode == 2 and "label '2' has no entry in label_names" in proc.stderr
+
+
+def test_python_api_writes_no_progress_bar_into_a_log(config_file, tmp_path):
+    """Issue 25.16: polytask.train() from a script whose output goes to a file drew a progress bar
+    (carriage returns) into it; by default it now draws one only on a terminal."""
+    script = (f"import polytask\npolytask.train({str(config_file)!r}, ['name=api-log', 'train.max_steps=4', "
+              f"'train.eval_every=2', 'output_dir={tmp_path}'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr and "\r" not in proc.stdout and "step 4 dev |" in proc.stdout

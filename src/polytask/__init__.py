@@ -30,8 +30,8 @@ def load(run_dir: str | Path, allow_code: bool = False) -> "Predictor":
     return Predictor.load(run_dir, allow_code=allow_code)
 
 
-def train(config: "Config | str | Path | None", overrides: Sequence[str] | None = None, *, progress: bool = True,
-          resume: str | Path | None = None, overwrite: bool = False) -> Path:
+def train(config: "Config | str | Path | None", overrides: Sequence[str] | None = None, *,
+          progress: bool | None = None, resume: str | Path | None = None, overwrite: bool = False) -> Path:
     """Train one multi-task model and return its run folder.
 
     Args:
@@ -39,7 +39,8 @@ def train(config: "Config | str | Path | None", overrides: Sequence[str] | None 
             with ``resume``: the run's own config).
         overrides: ``key=value`` overrides as on the command line, e.g. ``["train.max_steps=100"]``
             (a bare string is one override).
-        progress: show a progress bar.
+        progress: show a progress bar (default: when stderr is a terminal; a log gets a line per
+            evaluation and no carriage returns).
         resume: a run folder to continue from its last good checkpoint.
         overwrite: start over in a run folder that holds another run (clears its files), as the
             CLI's ``--overwrite``; without it such a folder is refused.
@@ -48,6 +49,8 @@ def train(config: "Config | str | Path | None", overrides: Sequence[str] | None 
 
     if isinstance(overrides, str):
         overrides = [overrides]
+    if progress is None:
+        progress = sys.stderr.isatty()
     return _train(config, list(overrides or []), progress=progress, resume=resume, overwrite=overwrite)
 
 
