@@ -230,6 +230,11 @@ def test_two_image_tasks_hard_sharing_mgda_save_load_predict(image_data, tiny_cn
 
     with pytest.raises(PolytaskError, match="does not serve image tasks yet"):  # not a path reader on the server's disk
         create_app(pred)
+    from polytask.export.hf import export_hf
+
+    with pytest.raises(PolytaskError, match="exporting an image run is not implemented yet"):
+        export_hf(run_dir, image_data / "export")
+    assert not (image_data / "export").exists()  # refused before anything is written
 
 
 def test_mtan_over_cnn_stages_trains_and_resumes_exactly(image_data, tiny_cnn):

@@ -65,6 +65,9 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, push_to_hub: str | None 
     if push_to_hub:
         check_hub(push_to_hub)
     pred = Predictor.load(run_dir)
+    if any(t.inputs is not None for t in pred.tasks.values()):
+        raise PolytaskError(f"{run_dir} reads images: exporting an image run is not implemented yet "
+                            f"(docs/vision.md); predict with polytask")
     claim_out_dir(out_dir, overwrite)
     arch = pred.model.arch
     if isinstance(arch, HardSharing):

@@ -66,6 +66,9 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     files in it is refused, or with ``overwrite`` a previous export there is replaced."""
     require_onnx()
     pred = Predictor.load(run_dir)
+    if any(t.inputs is not None for t in pred.tasks.values()):
+        raise PolytaskError(f"{run_dir} reads images: exporting an image run is not implemented yet "
+                            f"(docs/vision.md); predict with polytask")
     if not isinstance(pred.model.arch, HardSharing):
         raise PolytaskError(
             f"{run_dir} was trained with architecture '{pred.cfg.architecture.name}': the ONNX export needs a "
