@@ -17,6 +17,7 @@ the shorter side is resized to ``size`` and the centre cropped.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zlib
@@ -138,12 +139,10 @@ class ImageInput:
             path = resolve_image(value, record_file)
             return str(path), check_image(path, self.convert)
         if isinstance(value, (bytes, bytearray)):
-            import io
-
-            return self.read_bytes(bytes(value), io)
+            return self.read_bytes(bytes(value))
         return value, check_array(value)
 
-    def read_bytes(self, data: bytes, io) -> tuple[Any, str | None]:
+    def read_bytes(self, data: bytes) -> tuple[Any, str | None]:
         """Encoded image bytes (the Python API's predict): decoded now, kept as an array."""
         from PIL import Image, UnidentifiedImageError
 
@@ -165,5 +164,5 @@ class ImageInput:
         pixels = []
         for k, f in enumerate(feats):
             gen = None if seed is None else torch.Generator().manual_seed(seed * 4099 + k)
-            pixels.append(p.pixels(load_rgb(f["image"], convert=True, draft=p.size), gen))
+            pixels.append(p.pixels(load_rgb(f["image"], draft=p.size), gen))
         return {"pixel_values": torch.stack(pixels)}  # (B, 3, size, size)

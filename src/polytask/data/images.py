@@ -62,9 +62,10 @@ def check_array(value: Any) -> str | None:
     return None
 
 
-def load_rgb(source: Any, convert: bool = True, draft: int | None = None) -> np.ndarray:
-    """An image as a uint8 array (H, W, 3): a file (decoded by PIL; ``draft``: let JPEG decode at
-    a reduced scale no smaller than that side) or an array (grey repeated to three channels)."""
+def load_rgb(source: Any, draft: int | None = None) -> np.ndarray:
+    """An image as a uint8 array (H, W, 3): a file (decoded by PIL and converted to RGB, which
+    ``check_image`` made sure is intended; ``draft``: let JPEG decode at a reduced scale no smaller
+    than that side) or an array (grey repeated to three channels)."""
     if isinstance(source, np.ndarray):
         return np.repeat(source[:, :, None], 3, axis=2) if source.ndim == 2 else source  # (H, W, 3)
     from PIL import Image
