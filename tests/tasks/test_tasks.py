@@ -168,7 +168,38 @@ def test_huge_texts_encode_like_the_tokenizer_does_without_tokenizing_it_all(tok
     both = task.parse(Record({"text": text, "text_pair": pair, "label": "a"}, "f", 2))[0]
     task.fit([single])
     assert task.encode([single], tok, 64)[0]["input_ids"] == tok(text, truncation=True, max_length=64)["input_ids"]
-    assert task.encode([both], tok, 64)[0]["input_ids"] == tok(text, pair, truncation=True, max_length=64)["input_ids"]
+    # The reference: the tokenizer itself, on prefixes of the texts. Truncating the whole 104 + 54 kB
+    # pair takes the tokenizers library 13 GB (every pairing of both sides' overflowing windows),
+    # which killed a test worker; "longest_first" keeps the first tokens of each side and gives the
+    # odd token to the longer side, so prefixes that keep more than max_length tokens each and the
+    # first side the longer give the ids of the whole texts.
+    head, pair_head = text[:4000], pair[:2000]
+    assert len(tok(head)["input_ids"]) > len(tok(pair_head)["input_ids"]) > 64
+    reference = tok(head, pair_head, truncation=True, max_length=64)["input_ids"]
+    assert task.encode([both], tok, 64)[0]["input_ids"] == reference
+
+
+@pytest.mark.parametrize("max_length", [16, 31, 32])
+def test_long_pairs_are_cut_to_prefixes_that_truncate_like_the_whole_pair(tok, monkeypatch, max_length):
+    """pair_prefixes on every length relation (a side within half the budget, both over it, ties,
+    odd and even budgets): the same ids and token types as the tokenizer on the whole pair."""
+    import random
+
+    import polytask.tasks.base as base
+
+    monkeypatch.setattr(base, "MAX_CHARS_PER_TOKEN", 1)  # every pair takes the prefix path
+    task, rng = make("classification"), random.Random(max_length)
+    words = "the quick brown fox jumps over lazy dog antidisestablishmentarianism ünïcode 42 , .".split()
+    for line in range(60):
+        a, b = (" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for _ in range(2))
+        if line % 10 == 0:
+            b = a  # a tie
+        ex = task.parse(Record({"text": a, "text_pair": b, "label": "a"}, "f", line))[0]
+        task.fit([ex])
+        mine = task.encode([ex], tok, max_length)[0]
+        ref = tok(a, b, truncation=True, max_length=max_length)
+        assert mine["input_ids"] == ref["input_ids"], (a, b)
+        assert mine["token_type_ids"] == ref["token_type_ids"]
 
 
 def test_binary_f1_is_of_the_positive_label():

@@ -32,6 +32,35 @@ LOWER_IS_BETTER = frozenset({"mse", "loss"})
 MAX_CHARS_PER_TOKEN = 100
 
 
+def pair_prefixes(tokenizer, text: str, pair: str, max_length: int) -> tuple[str, str]:
+    """Prefixes of a long text pair that the tokenizer truncates to the same ids as the whole pair.
+
+    Truncating a long pair whole is quadratic in memory in the ``tokenizers`` library (it builds
+    every pairing of the two sides' overflowing windows: 13 GB for a 104 kB + 54 kB pair). Its
+    ``longest_first`` rule keeps ``n`` tokens of a side of ``n <= budget / 2`` and the rest of the
+    budget for the other side; when both are longer, ``budget // 2`` of each, the odd token going
+    to the longer side (the second on a tie). So each side is tokenized alone (linear), and cut a
+    margin past what it keeps, the longer side by the larger margin so that it stays the longer:
+    the truncated ids are then those of the whole pair.
+    """
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    sides = [tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+             for t in (text, pair)]
+    n = [len(o) for o in sides]
+    if sum(n) <= budget:
+        return text, pair
+    longer = 0 if n[0] > n[1] else 1
+    short = n[1 - longer]
+    keep = [0, 0]
+    keep[1 - longer] = short if short <= budget // 2 else budget // 2
+    keep[longer] = budget - keep[1 - longer]
+    out = []
+    for i, (t, offsets) in enumerate(zip((text, pair), sides)):
+        cut = min(n[i], keep[i] + (16 if i == longer else 8))
+        out.append(t if cut == n[i] else t[: offsets[cut - 1][1]])
+    return out[0], out[1]
+
+
 @dataclass
 class Example:
     """A validated example: the task's own field names, and where it came from."""
@@ -192,9 +221,10 @@ class Task:
             return feats
         clip = max_length * MAX_CHARS_PER_TOKEN  # a 10 MB line is not tokenized whole to keep 128 tokens
         pairs = [e.fields.get("text_pair") for e in examples]
-        # a pair is never cut: how truncation shares max_length between the two texts depends
-        # on both full lengths
         texts = [e.fields["text"] if p is not None else e.fields["text"][:clip] for e, p in zip(examples, pairs)]
+        for i, pair in enumerate(pairs):
+            if pair is not None and max(len(texts[i]), len(pair)) > clip:
+                texts[i], pairs[i] = pair_prefixes(tokenizer, texts[i], pair, max_length)
         has_pair = any(p is not None for p in pairs)
         enc = tokenizer(
             texts, pairs if has_pair else None, truncation=True, max_length=max_length
