@@ -24,7 +24,6 @@ temporary name and renamed (:mod:`polytask.files`), so a crash never leaves a ha
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ from torch import nn
 from polytask._version import __version__
 from polytask.config import Config, apply_override, from_dict, to_dict
 from polytask.errors import CheckpointError, PolytaskError
-from polytask.files import (FILE_MODE, atomic_write, read_json, regular_file, sha256, temp_dir, temp_file, write_json,
+from polytask.files import (FILE_MODE, atomic_write, exclusive_lock, read_json, regular_file, sha256, temp_dir, temp_file, write_json,
                             write_yaml)
 from polytask.registry import refuse_remote_code, trust_remote_code
 from polytask.state_io import load_state, save_state
@@ -149,23 +148,12 @@ class RunFolder:
         """
         created = not self.path.exists()
         self.create()
-        fh = open(self.path / self.LOCK, "a+")
+        busy = (f"{self.path} is in use by a running training (pid {{pid}}); wait for it, "
+                "or train into another folder (name=...)")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise PolytaskError(f"{self.path} is in use by a running training (pid {holder}); wait for it, "
-                                f"or train into another folder (name=...)") from None
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-            yield
+            with exclusive_lock(self.path / self.LOCK, busy):
+                yield
         finally:
-            fh.close()
             if created and not self.holds_a_run():
                 (self.path / self.LOCK).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
