@@ -24,6 +24,14 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+
+def pytest_collection_modifyitems(config, items):
+    """Files that hold ``slow`` tests (real models, minutes each) run first, the rest in their
+    usual order: xdist hands out whole files in this order, so the long ones start while the
+    other worker clears the short ones, instead of leaving one worker alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order within each group kept
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

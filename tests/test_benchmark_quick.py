@@ -42,4 +42,9 @@ def test_quick_suite_report(tmp_path):
     for method in results["methods"]:
         assert math.isfinite(results["delta_m"][method]["test"]["mean"]), method
         assert math.isfinite(results["delta_m"][method]["dev"]["mean"]), method
-    assert any("Delta-m % (test)" in line for line in lines)  # the printed table
+    # the printed table ("Delta-m % (test, all tasks)" when near-chance tasks are flagged), after
+    # the verdicts it explains
+    printed = "\n".join(lines).splitlines()
+    table = [i for i, line in enumerate(printed) if "Delta-m % (test" in line]
+    verdicts = [i for i, line in enumerate(printed) if line.startswith("verdict ")]
+    assert table and verdicts and min(verdicts) < min(table), lines

@@ -136,4 +136,5 @@ def test_the_same_problem_on_many_rows_is_one_line(tmp_path):
     lines = str(info.value).splitlines()
     assert lines[0] == "3001 data problems:"  # every row, and "no training examples"
     assert "field 'label': missing column (available: class, text) (3000 rows: lines 1, 2, 3, ...)" in lines[1]
-    assert "has no training examples" in lines[2] and len(lines) == 3
+    assert "has no training examples" in lines[2]
+    assert len(lines) == 4 and "data.on_invalid: skip" in lines[3]  # the hint, once, after the problems

@@ -65,7 +65,7 @@ def test_bad_method_arguments_fail_at_config_time(tmp_path, tiny_backbone):
         build_components(from_dict(raw), ["a", "b"], [10, 10])
     raw["weighting"] = {"name": "equal"}
     raw["sampling"] = {"name": "temperature", "args": {"T": -1}}
-    with pytest.raises(ConfigError, match="sampling.args: temperature T must be positive"):
+    with pytest.raises(ConfigError, match="sampling.args: T: the temperature must be a positive finite number, got -1"):
         build_components(from_dict(raw), ["a", "b"], [10, 10])
 
 
