@@ -134,3 +134,24 @@ def test_best_step_marked_norms_split_and_cosine_axis_follows_the_data(close):
     assert probes.get_lines() and all(line.get_linestyle() == "None" for line in probes.get_lines())
     lo, hi = panels["cosine of task gradients (pairs)"].get_ylim()
     assert -0.2 < lo < -0.03 and 0.06 < hi < 0.3  # the data's range with 0 in view, not -1..1
+
+
+def test_head_learning_rate_is_logged_and_plotted_beside_the_backbones(tiny_backbone, tmp_path, close):
+    """Issue 25.11: with ``train.head_lr``, training.png showed the backbone's learning rate only.
+    A real run logs the heads' rate (same schedule, head_lr / lr times the backbone's) and the
+    learning-rate panel draws both."""
+    import json
+
+    from conftest import tiny_config
+    from polytask.config import from_dict
+    from polytask.train import train
+
+    raw = tiny_config(tiny_backbone, tmp_path, max_steps=4, eval_every=4, log_every=1, head_lr=4e-3,
+                      warmup_ratio=0.5)
+    run = train(from_dict(raw), progress=False)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["kind"] == "train"]
+    assert len(steps) == 4 and all(e["head_lr"] == pytest.approx(4 * e["lr"]) for e in steps)
+    assert len({e["lr"] for e in steps}) > 1  # the schedule moves both
+    lines = axes_by_title(training_figure(events))["learning rate"].get_lines()
+    assert [line.get_label() for line in lines] == ["backbone", "heads"]

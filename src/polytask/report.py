@@ -182,8 +182,13 @@ def _grad_norms(ax, train: list[dict], colours: dict, key: str) -> None:
 
 
 def _lr(ax, train: list[dict]) -> None:
+    """The backbone's learning rate, and the heads' (``train.head_lr``) when they have their own."""
     pts = [(e["step"], e["lr"]) for e in train if "lr" in e]
-    ax.plot(*zip(*pts), color="k", marker="o", markersize=3)
+    ax.plot(*zip(*pts), color="k", marker="o", markersize=3, label="backbone")
+    heads = [(e["step"], e["head_lr"]) for e in train if "head_lr" in e]
+    if heads:
+        ax.plot(*zip(*heads), color="tab:orange", marker="s", markersize=3, label="heads")
+        ax.legend(fontsize=7)
     ax.set_ylabel("learning rate")
 
 

@@ -541,6 +541,9 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
     event = {"kind": "train", "step": state.step, "loss": dict(state.running), "weights": out.weights,
              "grad_norm": out.grad_norms, "lr": s.scheduler.get_last_lr()[0], "elapsed": elapsed,
              "examples": dict(s.draws.examples), "tokens": dict(s.draws.tokens)}
+    bases = s.scheduler.base_lrs  # the heads' own group when train.head_lr differs from train.lr
+    if t.head_lr and t.head_lr != t.lr and t.head_lr in bases:
+        event["head_lr"] = s.scheduler.get_last_lr()[bases.index(t.head_lr)]
     cos, cos_names = out.cosine, out.names
     cosine_every = t.eval_every if t.cosine_every is None else t.cosine_every
     if cos is None and len(s.tasks) > 1 and probe_due(state.step, t.log_every, cosine_every):
