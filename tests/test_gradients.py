@@ -70,7 +70,7 @@ def test_bad_method_arguments_fail_at_config_time(tmp_path, tiny_backbone):
 
 
 def test_probe_due_fires_once_per_interval_on_a_log_step():
-    from polytask.train import probe_due
+    from polytask.steps import probe_due
 
     assert [s for s in range(1, 61) if probe_due(s, 5, 20)] == [20, 40, 60]
     assert [s for s in range(1, 61) if probe_due(s, 10, 25)] == [30, 50]  # first log step at/after 25, 50

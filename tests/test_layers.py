@@ -3,7 +3,7 @@
 Layers, top to bottom (docs/architecture.md):
 
     entry points   cli, compare/, export, train, predict, serve/, the package root
-    model          model, evaluate, dataset, gradients
+    model          model, evaluate, dataset, gradients, steps
     components     architectures/, weighting/, tasks/, sampling, draws
     foundation     backbones/, data/, config, run_folder, files, state_io, metrics, errors,
                    registry, batching, packing, report, html_report, tracking, prefetch, sharding,
@@ -24,7 +24,7 @@ PACKAGE = "polytask"
 
 LAYERS = {
     3: ["polytask", "cli", "compare", "export", "train", "predict", "serve", "affinity", "adapt"],
-    2: ["model", "evaluate", "dataset", "gradients"],
+    2: ["model", "evaluate", "dataset", "gradients", "steps"],
     1: ["architectures", "weighting", "tasks", "sampling", "draws"],
     0: ["backbones", "data", "config", "run_folder", "files", "state_io", "metrics", "errors", "registry", "devices",
         "preprocess",

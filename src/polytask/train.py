@@ -40,24 +40,24 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from polytask.backbones import check_max_length, load_backbone, pad_id
 from polytask.batching import feature_length
 from polytask.config import Config, differences, load_config, to_dict
 from polytask.dataset import TaskData, data_warnings, encode_all, prepare
-from polytask.devices import (any_process, average_gradients, global_losses, make_accelerator, on_main,
-                              module_device, process_mean, process_state, shard, to_device)
+from polytask.devices import (any_process, average_gradients, make_accelerator, on_main, module_device,
+                              process_state, shard)
 from polytask.draws import StepDraws
 from polytask.errors import CheckpointError, ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
-from polytask.gradients import balance_params, cosines, task_gram
+from polytask.gradients import balance_params, cosines
 from polytask.model import MultiTaskModel, build_model
-from polytask.prefetch import Lookahead, pin, pins_memory
+from polytask.prefetch import Lookahead, pins_memory
 from polytask.registry import allowing_code, registered_only
 from polytask.html_report import write_run_report
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
+from polytask.steps import forward_backward, make_optimizer, make_scheduler, probe_due, probe_gram, train_batch
 from polytask.sharding import (clip_grad_norm, full_optimizer_state, is_shard, is_sharded, load_optimizer_state,
                                maybe_shard, unsharded, weights_view)
 from polytask.sampling import build_sampler
@@ -176,35 +176,6 @@ def check_architecture(cfg: Config, backbone_config, tasks: list[str]) -> None:
             build_architecture(cfg.architecture.name, backbone, tasks, cfg.architecture.args)
         except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(f"architecture.args: {exc}") from None
-
-
-def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the model's trainable parameters (:func:`adamw`), plus the weighting method's own
-    learnable parameters at ``train.weighting_lr``."""
-    heads = model.head_parameter_names()
-    params = [(p, name in heads) for name, p in model.named_parameters() if p.requires_grad]
-    return adamw(cfg.train, params, [p for p in weighting.parameters() if p.requires_grad])
-
-
-def adamw(t, params: list[tuple[torch.nn.Parameter, bool]], extra: list | None = None) -> torch.optim.AdamW:
-    """AdamW over ``(parameter, is_head)`` pairs: weight decay on weight matrices only (not biases
-    or LayerNorm); heads at ``train.head_lr`` when it is set; ``extra`` at ``train.weighting_lr``
-    without decay."""
-    groups: dict[tuple[float, float], list] = {}
-    for p, is_head in params:
-        lr = t.head_lr if (t.head_lr and is_head) else t.lr
-        decay = t.weight_decay if p.ndim >= 2 else 0.0
-        groups.setdefault((lr, decay), []).append(p)
-    out = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-    if extra:
-        out.append({"params": extra, "lr": t.weighting_lr, "weight_decay": 0.0})
-    return torch.optim.AdamW(out, lr=t.lr)
-
-
-def make_scheduler(t, optimizer: torch.optim.Optimizer):
-    """``train.schedule`` with a linear warm-up over ``warmup_ratio`` of ``max_steps``."""
-    return get_scheduler("constant_with_warmup" if t.schedule == "constant" else t.schedule, optimizer,
-                         num_warmup_steps=int(t.warmup_ratio * t.max_steps), num_training_steps=t.max_steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,96 +575,7 @@ def interrupted(s: Session, state: LoopState, signum: int) -> Interrupted:
 
 
 # ---------------------------------------------------------------------------------------------
-# Micro-steps
-
-
-@dataclass
-class StepResult:
-    losses: list[float]
-    weights: list[float]
-    gram: torch.Tensor | None = None  # (T, T) when task gradients were taken
-    bad_task: str | None = None  # the first task whose loss was not finite (nothing was back-propagated)
-
-
-def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], weighting, t,
-                     grad_params, want_gram: bool = False, accum: int = 1, accelerator=None,
-                     factors: dict[str, float] | None = None) -> StepResult:
-    """One micro-step: forward each task's batch, combine the losses, back-propagate.
-
-    The weighting method decides the coefficients (from the Gram matrix of the task gradients
-    if it needs them); the architecture's regulariser is added; gradients accumulate in
-    ``.grad`` scaled by ``1/accum``. With an ``accelerator``, the forward passes run under its
-    autocast (mixed precision) and backward goes through it (fp16 loss scaling); the
-    weighting sees float32 losses and a float32 Gram matrix. Several processes: ``batches``
-    are this process's slices and ``factors`` their shares (:func:`local_batches`); the losses
-    and the Gram matrix are the global batch's, the same on every process.
-    """
-    names = list(batches)
-    with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
-        losses, feats = task_losses(model, tasks, batches)
-    reduce = process_mean(accelerator)
-    if reduce is not None:
-        losses = global_losses(losses, [(factors or {}).get(n, 1.0) for n in names], accelerator)
-    for name, loss in zip(names, losses):
-        if not torch.isfinite(loss):
-            return StepResult([], [], bad_task=name)
-    gram = None
-    if weighting.needs_grads or want_gram:
-        gram = task_gram(losses, t.grad_space, feats, grad_params, reduce)
-    total, weights = weighting.combine(torch.stack(losses), names, gram if weighting.needs_grads else None)
-    reg = model.arch.regularizer()
-    if reg is not None:
-        total = total + reg
-    if accelerator is not None:
-        accelerator.backward(total / accum)
-    else:
-        (total / accum).backward()
-    return StepResult([float(x.detach()) for x in losses], weights.tolist(), gram)
-
-
-def train_batch(task_data, indices: list[int], pad_id: int, device: torch.device | None = None,
-                pinned: bool = False) -> dict:
-    """The padded tensors of these training examples of one task (on ``device``; ``pinned``:
-    through page-locked memory, so that a CUDA copy runs asynchronously)."""
-    batch = task_data.task.collate([task_data.features["train"][i] for i in indices], pad_id)
-    if device is None:
-        return batch
-    return to_device(pin(batch) if pinned else batch, device)
-
-
-def task_losses(model: MultiTaskModel, tasks: dict, batches: dict[str, dict]) -> tuple[list, list]:
-    """Each task's loss on its batch (scalars) and the features it was computed from."""
-    losses, feats = [], []
-    for name, batch in batches.items():
-        out, f = model(batch, name)
-        losses.append(tasks[name].loss(out, batch))
-        feats.append(f)
-    return losses, feats
-
-
-def probe_gram(model: MultiTaskModel, tasks: dict, batches: dict[str, dict], t, grad_params,
-               accelerator=None, factors: dict[str, float] | None = None) -> torch.Tensor:
-    """(T, T) Gram matrix of the task gradients on one batch per task, without training.
-
-    Eval mode (no dropout), so the torch RNG is not consumed and the run's trajectory is the
-    same with or without probes; ``autograd.grad`` leaves ``.grad`` untouched. Several
-    processes: as in :func:`forward_backward`, the global batch's Gram matrix.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        losses, feats = task_losses(model, tasks, batches)
-        reduce = process_mean(accelerator)
-        if reduce is not None:
-            losses = global_losses(losses, [(factors or {}).get(n, 1.0) for n in batches], accelerator)
-        return task_gram(losses, t.grad_space, feats, grad_params, reduce)
-    finally:
-        model.train(was_training)
-
-
-def probe_due(step: int, log_every: int, every: int) -> bool:
-    """A log step at or after a multiple of ``every`` (the first one in (step - log_every, step])."""
-    return every > 0 and step % log_every == 0 and step // every != (step - log_every) // every
+# Faults: a non-finite loss or gradient
 
 
 def handle_fault(s: Session, state: LoopState, fault, bar) -> None:

@@ -14,7 +14,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from polytask.train import adamw, make_scheduler
+from polytask.steps import adamw, make_scheduler
 
 
 def batches(train_idx: list[int], batch_size: int, seed: int):

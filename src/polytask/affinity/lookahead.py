@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.gradients import cosines
-from polytask.train import task_losses
+from polytask.steps import task_losses
 
 
 @dataclass
