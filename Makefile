@@ -26,14 +26,16 @@ demo: setup
 
 # one pytest worker per core (at most 4: each holds torch and a model), whole files per worker so
 # a file's module-scoped training runs are made once; tests/conftest.py gives each worker its
-# share of the cores' threads; a worker that dies (out of memory) fails the run instead of being replaced
+# share of the cores' threads; files keep the collection order (tests/conftest.py puts the slow ones
+# first: xdist would otherwise hand out the biggest files first and the slow ones last); a worker
+# that dies (out of memory) fails the run instead of being replaced
 TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=0
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0 -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=0 -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
