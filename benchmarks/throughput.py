@@ -108,6 +108,7 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | No
 
     import polytask.draws as D
     import polytask.prefetch as P
+    import polytask.steps as S
     import polytask.train as T
     from polytask.batching import BatchStream
     from polytask.config import from_dict, to_dict
@@ -171,7 +172,7 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | No
         return opt
 
     def get_scheduler(*a, **k):
-        sched = saved[(T, "get_scheduler")](*a, **k)
+        sched = saved[(S, "get_scheduler")](*a, **k)
         if (type(sched), "step") not in saved:  # on the class: the instance's __dict__ is its checkpoint state
             patch(type(sched), "step", timers.wrap("lr schedule", type(sched).step))
         opt = sched.optimizer  # wrapped after the scheduler hooked its own counter onto step
@@ -198,7 +199,7 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | No
     patch(T, "prepare", prepare)
     patch(T, "forward_backward", forward_backward)
     patch(T, "make_optimizer", make_optimizer)
-    patch(T, "get_scheduler", get_scheduler)
+    patch(S, "get_scheduler", get_scheduler)  # make_scheduler (polytask.steps) calls it
     patch(T, "tqdm", TimedBar)
     patch(T, "evaluate", evaluate)
     patch(T, "probe_gram", timers.wrap(PROBE, T.probe_gram))

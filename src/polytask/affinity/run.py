@@ -21,8 +21,9 @@ from polytask.affinity.lookahead import Lookahead, lookahead
 from polytask.config import Config, load_config
 from polytask.errors import PolytaskError
 from polytask.run_folder import RunFolder
-from polytask.train import (claim, evaluate_and_select, finish, handle_fault, log_event, set_up, start,
-                            train_batch, train_event, train_step)
+from polytask.steps import train_batch
+from polytask.train import (claim, evaluate_and_select, finish, handle_fault, log_event, set_up, start, train_event,
+                            train_step)
 
 
 class AffinityError(PolytaskError):
