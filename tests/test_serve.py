@@ -30,6 +30,15 @@ from polytask.serve import wait_until_ready  # noqa: E402
 TEXTS = ["Anna loved the soup", "the chef burned the pasta", "Oslo is cold in winter", "Berg met Anna in Oslo"]
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it has not ended within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def start_server(run_dir, *args) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -65,11 +74,7 @@ def predictor(run_dir):
 def server(run_dir):
     proc, url = start_server(run_dir, "--max-inputs", "8", "--max-chars", "200", "--max-wait-ms", "20")
     yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def close(a, b):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,7 +16,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from conftest import tiny_config  # noqa: E402
-from test_serve import start_server  # noqa: E402
+from test_serve import start_server, stop_server  # noqa: E402
 
 LIMITS = ["--max-inputs", "8", "--max-chars", "200", "--max-body-bytes", "100000", "--header-timeout", "1",
           "--body-timeout", "1"]
@@ -38,11 +37,7 @@ def run_dir(tiny_backbone, tmp_path_factory):
 def server(run_dir):
     proc, url = start_server(run_dir, *LIMITS)
     yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def post(url: str, body: bytes | str, content_type: str | None = "application/json") -> httpx.Response:
