@@ -60,7 +60,7 @@ class TaskConfig:
     # classification: the data's label values -> the names predictions, metrics and reports use
     # (TREC's 0..5 -> ABBR, ENTY, ...); labels and positive_label then name the new names
     label_names: dict[Any, str] | None = None
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean", "attention"] = "cls"  # attention: a learned attention over positions
     main_metric: str | None = None  # default per type: accuracy, micro_f1, pearson, f1
     positive_label: str | None = None  # binary classification: the class whose F1 is "f1" (default: the second label)
     head_dropout: float = 0.1
@@ -79,6 +79,13 @@ class TaskConfig:
     n_best: int = 20  # best spans kept per window while decoding
     allow_unanswerable: bool = False  # SQuAD 2.0: questions without answers
     null_threshold: float = 0.0  # no answer when the [CLS] start+end logit beats the best span's by more than this
+    # segmentation / detection on images (docs/vision.md)
+    ignore_index: int | None = None  # segmentation: the mask value neither trained nor scored (Pets trimaps: 3)
+    palette: dict[str, str] | None = None  # segmentation: colour masks, "#rrggbb" -> class name
+    head_channels: int = 64  # segmentation / detection: the decoder's width over the pyramid
+    score_threshold: float = 0.05  # detection: keep boxes scoring at least this
+    nms_iou: float = 0.5  # detection: suppress a box overlapping a better one of its class by more (1: no NMS)
+    max_detections: int = 100  # detection: boxes kept per image
 
 
 @dataclass
@@ -153,7 +160,9 @@ class TrainConfig:
     # computes; 0: each batch is collated when its step needs it. Never changes what is trained.
     prefetch: int = 2
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: what Accelerate picks (CUDA, MPS, else CPU)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate; fp16 adds a gradient scaler
+    # autocast through Accelerate; fp16 adds a gradient scaler; auto: bf16 where the device computes
+    # it natively (CUDA with bf16, CPUs with AMX or AVX512_BF16; printed at start), else no (float32)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # fsdp: parameters, gradients and optimizer state sharded over the processes (torch FSDP2
     # fully_shard per transformer block; docs/distributed.md, polytask.sharding); none: data parallel
     shard: Literal["none", "fsdp"] = "none"
@@ -173,6 +182,20 @@ class MethodConfig:
     sampling: ComponentConfig | None = None
     architecture: ComponentConfig | None = None
     overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchConfig:
+    """``compare.search``: Optuna TPE search instead of the exhaustive grid (docs/compare.md).
+
+    ``space`` maps override keys to a list of choices or ``{low, high, log, step}``; every model
+    and seed gets ``trials`` trials (the grid's fairness rule), chosen on dev.
+    """
+
+    trials: int = 8  # trials per model and seed, the same for every model
+    space: dict[str, Any] = field(default_factory=dict)  # key -> [choices] | {low, high, log, step}
+    seed: int = 0  # the TPE sampler's seed (the same for every model's study)
+    startup_trials: int | None = None  # random trials before TPE's model (default: max(1, trials // 3))
 
 
 @dataclass
@@ -197,6 +220,10 @@ class CompareConfig:
     single_overrides: list[str] = field(default_factory=list)  # applied to single-task runs only
     isolate: bool = True  # each sub-run in a fresh process (exact peak memory, memory returned)
     inference_examples: int = 256  # dev examples per task for the serving-cost measurement (0: skip)
+    search: SearchConfig | None = None  # Optuna TPE search, an alternative to grid
+    executor: Literal["local", "ray"] = "local"  # where sub-runs train (`--executor`)
+    ray_address: str | None = None  # executor ray: the cluster (`--ray-address`); None: a local Ray instance
+    retries: int = 2  # executor ray: attempts after a sub-run's worker died (Ray's max_retries)
 
 
 @dataclass
@@ -489,6 +516,9 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if cfg.compare is not None:
         at_least["compare.inference_examples"] = (cfg.compare.inference_examples, 0)
         at_least["compare.jobs"] = (cfg.compare.jobs, 1)
+        at_least["compare.retries"] = (cfg.compare.retries, 0)
+        if cfg.compare.search is not None:
+            at_least["compare.search.trials"] = (cfg.compare.search.trials, 1)
     if cfg.compare is not None and not (math.isfinite(cfg.compare.cap_factor) and cfg.compare.cap_factor >= 1):
         raise ConfigError(f"{source}: compare.cap_factor: must be a number >= 1 (the cap is that many times the "
                           f"equal-examples steps), got {cfg.compare.cap_factor}")

@@ -153,9 +153,9 @@ def export_task(pred: Predictor, name: str, out: Path) -> str | None:
     if task.type_name not in ("classification", "regression", "tagging"):
         return f"{task.type_name} tasks have no standard transformers task model"
     if task.type_name != "tagging" and task.cfg.pooling != "cls":
-        return ("pooling 'mean': no standard transformers sequence classifier averages token states, so no "
-                "pipeline folder could give polytask's predictions; use --format onnx (every head, mean pooling "
-                "included) or polytask predict, or train with pooling: cls to export it")
+        return (f"pooling '{task.cfg.pooling}': no standard transformers sequence classifier pools token states "
+                "that way, so no pipeline folder could give polytask's predictions; use --format onnx (every "
+                "head, its pooling included) or polytask predict, or train with pooling: cls to export it")
     try:
         model = task_model(pred, name)
     except PolytaskError as exc:

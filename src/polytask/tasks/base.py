@@ -70,15 +70,31 @@ class Example:
 
 
 class Pooler(nn.Module):
-    """Sentence vector from token states: the first token (``cls``) or the masked mean."""
+    """One vector per example from its positions: the first one (``cls``), the masked mean
+    (``mean``), or a learned attention over the positions (``attention``: additive attention
+    pooling, Lin et al. 2017, "A Structured Self-Attentive Sentence Embedding", with one head:
+    ``softmax(v . tanh(W h_t))`` over the unmasked positions, W of size H x H).
 
-    def __init__(self, mode: str):
+    ``attention`` lets each task's head look at its own positions: on images, where a vision
+    backbone's positions are the last feature map's cells, a task about one region (the left
+    digit of MultiMNIST) reads that region instead of the global average.
+    """
+
+    def __init__(self, mode: str, hidden_size: int | None = None):
         super().__init__()
         self.mode = mode
+        if mode == "attention":
+            self.proj = nn.Linear(hidden_size, hidden_size)
+            self.score = nn.Linear(hidden_size, 1, bias=False)
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:  # (B, T, H), (B, T) -> (B, H)
         if self.mode == "cls":
             return hidden[:, 0]
+        if self.mode == "attention":
+            scores = self.score(torch.tanh(self.proj(hidden))).squeeze(-1)  # (B, T)
+            scores = scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(-1).unsqueeze(-1)  # (B, T, 1)
+            return (weights * hidden).sum(1)
         m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
@@ -88,7 +104,7 @@ class SequenceHead(nn.Module):
 
     def __init__(self, hidden_size: int, n_out: int, pooling: str, dropout: float):
         super().__init__()
-        self.pool = Pooler(pooling)
+        self.pool = Pooler(pooling, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, n_out)
 
@@ -111,6 +127,9 @@ class Task:
     #: how the task reads a non-text input (an image: polytask.preprocess.ImageInput), bound by
     #: :meth:`bind_inputs` when the backbone consumes pixels; None: text fields, tokenized
     inputs: Any = None
+    #: whether the head reads the backbone's pyramid (``Features.maps``: dense tasks); ``check``
+    #: refuses such a task on an architecture that does not pass it (``Architecture.passes_maps``)
+    reads_maps: ClassVar[bool] = False
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -267,6 +286,9 @@ class Task:
         raise NotImplementedError
 
     # -- model side --------------------------------------------------------------------------
+    def bind_backbone(self, config: Any) -> None:
+        """See the backbone's config before :meth:`make_head` (a dense head needs every stage's channels)."""
+
     def make_head(self, hidden_size: int) -> nn.Module:
         raise NotImplementedError
 
