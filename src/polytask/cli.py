@@ -329,6 +329,12 @@ def compare(
 ) -> None:
     """Did multi-task learning help? Train single-task baselines and the multi-task methods of
     CONFIG (finished sub-runs are reused), then write report.md and plots to the run folder."""
+    executor: Optional[str] = typer.Option(None, "--executor", help="Where sub-runs train: local (processes here, "
+                                           "default) or ray (one Ray task each; pip install 'polytask[ray]'); "
+                                           "compare.executor"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: the Ray cluster "
+                                              "(e.g. ray://head:10001 or head:6379); default: a local Ray instance "
+                                              "on this machine's cores; compare.ray_address"),
     import dataclasses
 
     from polytask import compare as cmp
@@ -345,6 +351,8 @@ def compare(
         if plan:
             _print_compare_plan(cmp.plan_compare(cfg))
             return
+        if executor is not None or ray_address is not None:
+            cfg = _with_executor(cfg, executor, ray_address)
         cmp.run_compare(cfg, progress=show_progress(progress), echo=typer.echo, train_missing=not report_only)
     except USER_ERRORS as exc:
         _fail(exc)
@@ -430,6 +438,23 @@ def adapt(
 
 def _print_compare_plan(p) -> None:
     from polytask.compare.plan import changed_keys
+
+def _with_executor(cfg, executor: str | None, address: str | None):
+    """``cfg`` with ``--executor`` / ``--ray-address`` in its compare section."""
+    import dataclasses
+
+    from polytask.compare.executors import REGISTRY
+    from polytask.config import CompareConfig
+
+    cc = cfg.compare or CompareConfig()
+    executor = executor or ("ray" if address else cc.executor)
+    if executor not in REGISTRY:
+        raise PolytaskError(f"--executor {executor!r}: the executors are: {', '.join(REGISTRY)}")
+    if address and executor != "ray":
+        raise PolytaskError("--ray-address needs --executor ray")
+    return dataclasses.replace(cfg, compare=dataclasses.replace(cc, executor=executor,
+                                                                ray_address=address or cc.ray_address))
+
 
     for r in p.runs:
         exp = ", ".join(f"{t}={n:.0f}" for t, n in r.budget["expected_examples"].items())

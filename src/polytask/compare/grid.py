@@ -28,9 +28,10 @@ def _dev_score(run: SubRun) -> float:
 def choose(plan: Plan) -> tuple[Plan, list[dict[str, Any]]]:
     """The plan reduced to each model's chosen grid point, and the choices (what the report shows).
 
-    Without a grid the plan is returned as it is, with no choices.
+    Without a grid or a search (``compare.search``: each model's trials, chosen the same way) the
+    plan is returned as it is, with no choices.
     """
-    if not plan.grid:
+    if not plan.grid and not plan.search:
         return plan, []
     groups: dict[tuple, list[SubRun]] = {}
     for r in plan.runs:
@@ -45,7 +46,7 @@ def choose(plan: Plan) -> tuple[Plan, list[dict[str, Any]]]:
         kept.append(best)
         choices.append({"model": task if method == SINGLE else method, "method": method, "task": task,
                         "seed": seed, "chosen": best.grid_index, "point": best.point,
-                        "label": point_label(best.point),
+                        "label": point_label(best.point), "points": [r.point for r in runs],
                         "dev": [x if math.isfinite(x) else None for x in scores]})
     return replace(plan, runs=kept), choices
 

@@ -61,7 +61,8 @@ class SubRun:
     cfg: Config
     budget: dict[str, Any] = field(default_factory=dict)
     point: dict[str, Any] = field(default_factory=dict)  # the compare.grid point ({} without a grid)
-    grid_index: int | None = None  # its index in Plan.grid (None without a grid)
+    grid_index: int | None = None  # its index in Plan.grid, or its search trial (None without either)
+    tag: str = "g"  # folder and key suffix: g<i> (grid point) or t<i> (search trial)
 
     @property
     def run_dir(self) -> Path:
@@ -74,7 +75,7 @@ class SubRun:
     @property
     def key(self) -> str:
         key = f"{SINGLE}/{self.task}/seed{self.seed}" if self.method == SINGLE else f"{self.method}/seed{self.seed}"
-        return key if self.grid_index is None else f"{key}/g{self.grid_index}"
+        return key if self.grid_index is None else f"{key}/{self.tag}{self.grid_index}"
 
     @property
     def finished(self) -> bool:
@@ -94,6 +95,7 @@ class Plan:
     runs: list[SubRun]
     notes: list[str] = field(default_factory=list)
     grid: list[dict[str, Any]] = field(default_factory=list)  # compare.grid's points ([] without a grid)
+    search: dict[str, Any] = field(default_factory=dict)  # compare.search's settings ({} without a search)
 
     def select(self, method: str, seed: int | None = None) -> list[SubRun]:
         return [r for r in self.runs if r.method == method and (seed is None or r.seed == seed)]
@@ -190,16 +192,27 @@ def plan_compare(cfg: Config, sizes: dict[str, int] | None = None, prepared: Pre
             runs += [planner.single(t.name, seed) for t in cfg.tasks]  # (a) single-task baselines
             runs += [planner.method(m, seed) for m in methods]  # (b) multi-task methods
     notes = list(dict.fromkeys(n for planner in planners for n in planner.notes))
+    search = {} if cc.search is None else {"trials": cc.search.trials, "space": dict(cc.search.space)}
+    if cc.search is not None:
+        notes.append(f"compare.search: {cc.search.trials} Optuna TPE trials per model and seed over "
+                     f"{', '.join(cc.search.space)}, each model's trial chosen on dev (folders seed<S>_t<i>)")
     return Plan(cfg, cfg.run_dir, [t.name for t in cfg.tasks], seeds, [m.name for m in methods], cc.budget,
-                sizes, runs, notes, points if cc.grid else [])
+                sizes, runs, notes, points if cc.grid else [], search)
+
+
+def check_tunable(key: str, where: str) -> None:
+    """A grid or search key must not set the budget or where runs go."""
+    if any(key == k or key.startswith(k + ".") for k in _NOT_IN_GRID):
+        raise ConfigError(f"{where}: '{key}' cannot be tuned (it sets the budget or where runs go); "
+                          f"tuned keys are override keys such as train.lr or train.weight_decay")
 
 
 def grid_points(cc: CompareConfig) -> list[dict[str, Any]]:
     """Every combination of ``compare.grid``'s values (``[{}]`` without a grid), in order."""
+    if cc.grid and cc.search is not None:
+        raise ConfigError("compare.grid and compare.search: choose one (a grid tries every point, a search some)")
     for key, values in cc.grid.items():
-        if any(key == k or key.startswith(k + ".") for k in _NOT_IN_GRID):
-            raise ConfigError(f"compare.grid: '{key}' cannot be tuned (it sets the budget or where runs go); "
-                              f"grid keys are override keys such as train.lr or train.weight_decay")
+        check_tunable(key, "compare.grid")
         if not values:
             raise ConfigError(f"compare.grid.{key}: give at least one value")
     keys = list(cc.grid)
@@ -249,8 +262,8 @@ class _Planner:
     """Builds the sub-run configs from the base config (without its compare section)."""
 
     def __init__(self, base: Config, sizes: dict[str, int], cc: CompareConfig, root: Path,
-                 point: tuple[dict[str, Any], int] | None = None):
-        self.base, self.sizes, self.cc, self.root, self.point = base, sizes, cc, root, point
+                 point: tuple[dict[str, Any], int] | None = None, tag: str = "g"):
+        self.base, self.sizes, self.cc, self.root, self.point, self.tag = base, sizes, cc, root, point, tag
         self.notes: list[str] = []
         t = base.train
         self.evals = n_evaluations(t.max_steps, t.eval_every)  # every model gets as many evaluations
@@ -312,7 +325,7 @@ class _Planner:
 
     def _sub_run(self, method: str, task: str | None, seed: int, cfg: Config, folder: Path, what: str) -> SubRun:
         # a deep copy: no sub-run config shares a mutable part with the base or another sub-run
-        suffix = "" if self.point is None else f"_g{self.point[1]}"
+        suffix = "" if self.point is None else f"_{self.tag}{self.point[1]}"
         cfg = replace(copy.deepcopy(cfg), seed=seed, output_dir=str(folder), name=f"seed{seed}{suffix}")
         validate(cfg, what)
         budget = _budget(cfg, self.sizes)
@@ -320,7 +333,7 @@ class _Planner:
             budget["examples_budget_steps"] = math.floor(cfg.train.max_steps / self.cc.cap_factor + 1e-9)  # exact: f >= 1
         if self.point is None:
             return SubRun(method, task, seed, cfg, budget)
-        return SubRun(method, task, seed, cfg, budget, dict(self.point[0]), self.point[1])
+        return SubRun(method, task, seed, cfg, budget, dict(self.point[0]), self.point[1], self.tag)
 
 
 def _budget(cfg: Config, sizes: dict[str, int]) -> dict[str, Any]:

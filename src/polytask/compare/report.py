@@ -341,6 +341,6 @@ def _md_plots(plots: dict[str, str]) -> list[str]:
 def render_markdown(results: dict, plots: dict[str, str]) -> str:
     sections = (_md_header(results), _md_verdict(results), rc.md_intervals(results), _md_results(results),
                 rc.md_chance(results), rc.md_positive_labels(results), rc.md_convergence(results),
-                rc.md_grid(results), _md_training_cost(results),
+                rc.md_grid(results), rc.md_search(results), _md_training_cost(results),
                 _md_serving_cost(results), _md_budget_rule(results), _md_budget_tables(results), _md_plots(plots))
     return "\n".join(line for section in sections for line in section)

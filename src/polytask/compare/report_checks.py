@@ -125,4 +125,25 @@ def md_grid(results: dict) -> list[str]:
                 "negated for lower-is-better ones). Test played no part in the choice.", ""]
 
 
-__all__ = ["md_chance", "md_convergence", "md_grid", "md_intervals", "md_positive_labels"]
+def md_search(results: dict) -> list[str]:
+    """The search's trials table: every model's and seed's trials, their points and dev scores."""
+    grid = results.get("grid") or {}
+    search = grid.get("search") or {}
+    if not search:
+        return []
+    L = [f"## Search trials (Optuna TPE, {search['trials']} trials per model and seed, chosen on dev)", "",
+         "Space: " + "; ".join(f"{k}: {v}" for k, v in search["space"].items()), ""]
+    rows = []
+    for c in grid.get("choices", []):
+        model = c["model"] if c["method"] != "single" else f"single-task {c['task']}"
+        for i, (point, dev) in enumerate(zip(c.get("points", []), c["dev"])):
+            shown = "n/a" if dev is None or not math.isfinite(dev) else f"{dev:.4f}"
+            rows.append([model, str(c["seed"]), f"t{i}", ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
+                                                                  else f"{k}={v}" for k, v in point.items()),
+                         shown, "chosen" if i == c["chosen"] else ""])
+    L += _md_table(["model", "seed", "trial", "point", "dev score", ""], rows)
+    return L + ["Every model and seed had the same number of trials over the same space; the dev score is the "
+                "trainer's selection score. Test played no part in the choice.", ""]
+
+
+__all__ = ["md_chance", "md_convergence", "md_grid", "md_intervals", "md_positive_labels", "md_search"]

@@ -91,7 +91,7 @@ def collect(plan: Plan, inference: dict[str, Any] | None = None,
     flagged = delta_flagged(delta, "test")
     single_corrected = {split: corrected_scores({t: table[SINGLE][split][t]["mean"] for t in plan.tasks},
                                                 chance[split], done.hib) for split in ("dev", "test")}
-    return {"grid": {"points": plan.grid, "choices": choices}, "chance": chance, "single_corrected": single_corrected,
+    return {"grid": {"points": plan.grid, "choices": choices, "search": plan.search}, "chance": chance, "single_corrected": single_corrected,
             "positive_labels": positive_labels(plan), **_collect_rest(plan, full, done, table, delta, inference),
             "intervals": {m: bootstrap(plan, m, done.hib, chance=chance["test"], flagged=flagged.get(m, []))
                           for m in plan.methods}}
