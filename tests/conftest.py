@@ -67,7 +67,10 @@ def demo_tasks(n_train: int = 160, n_eval: int = 40) -> list[dict]:
 
 
 def tiny_config(backbone: str, out_dir: Path, **train) -> dict:
-    """A raw config dict for a fast run on the tiny backbone."""
+    """A raw config dict for a fast run on the tiny backbone. float32 (``mixed_precision: no``)
+    unless a test asks for another: the default ``auto`` is bf16 on CPUs with AMX or AVX512_BF16,
+    and these tests compare trajectories and numbers that are float32-exact (tests/test_precision.py
+    covers ``auto``)."""
     return {
         "name": "tiny",
         "output_dir": str(out_dir),
@@ -75,7 +78,7 @@ def tiny_config(backbone: str, out_dir: Path, **train) -> dict:
         "model": {"backbone": backbone, "max_length": 32},
         "tasks": demo_tasks(),
         "train": {"max_steps": 30, "batch_size": 16, "lr": 1e-3, "eval_every": 15, "log_every": 5,
-                  "warmup_ratio": 0.0, **train},
+                  "warmup_ratio": 0.0, "mixed_precision": "no", **train},
     }
 
 

@@ -27,7 +27,7 @@ LAYERS = {
     2: ["model", "evaluate", "dataset", "gradients", "steps"],
     1: ["architectures", "weighting", "tasks", "sampling", "draws"],
     0: ["backbones", "data", "config", "run_folder", "files", "state_io", "metrics", "errors", "registry", "devices",
-        "preprocess",
+        "preprocess", "precision", "interrupts",
         "batching", "packing", "report", "html_report", "tracking", "prefetch", "sharding", "_version"],
 }
 LAYER_NAMES = {3: "entry points", 2: "model", 1: "components", 0: "foundation"}

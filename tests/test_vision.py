@@ -58,7 +58,7 @@ def image_config(root, backbone: str, arch: str = "hard", weighting: str = "equa
         "model": {"kind": "vision", "backbone": backbone, "image": {"size": 16, "flip": False}},
         "architecture": {"name": arch}, "weighting": {"name": weighting},
         "train": {"max_steps": 8, "batch_size": 4, "eval_every": 4, "lr": 3e-3, "warmup_ratio": 0.0,
-                  "log_every": 1, "schedule": "constant", **train},
+                  "log_every": 1, "schedule": "constant", "mixed_precision": "no", **train},
         "tasks": [{"name": n, "type": "classification", "columns": {"image": "path", "label": n},
                    "data": {"train": "train.jsonl", "dev": "dev.jsonl"}} for n in ("left", "right")],
     }

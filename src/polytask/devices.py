@@ -2,7 +2,9 @@
 
 ``train.device: auto`` (default) takes what Accelerate picks (a CUDA GPU, else Apple MPS, else
 the CPU); ``cpu`` forces the CPU; ``cuda`` / ``mps`` require that device and fail clearly
-without it. ``train.mixed_precision: bf16 | fp16`` runs forward passes under Accelerate's
+without it. ``train.mixed_precision: auto`` (default) is bf16 where that device computes bf16
+natively (CUDA with bf16, CPUs with AMX or AVX512_BF16: :mod:`polytask.precision`) and float32
+elsewhere; ``no`` forces float32. ``bf16 | fp16`` runs forward passes under Accelerate's
 autocast; fp16 adds Accelerate's gradient scaler (a step whose scaled gradients overflow is
 skipped by the scaler, as in every fp16 recipe). Task-gradient Gram matrices are float32
 whatever the autocast dtype (:mod:`polytask.gradients`).
@@ -29,16 +31,19 @@ import torch
 from torch import Tensor
 
 from polytask.errors import ConfigError, PolytaskError
+from polytask.precision import resolve_mixed_precision
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def make_accelerator(device: str, mixed_precision: str):
-    """An ``accelerate.Accelerator`` for one training run (``train.device``, ``train.mixed_precision``)."""
+    """An ``accelerate.Accelerator`` for one training run (``train.device``, ``train.mixed_precision``;
+    ``auto`` resolved for the device Accelerate picks: ``accelerator.mixed_precision`` says which,
+    ``accelerator.precision_reason`` why)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    process_state(device)
+    mixed_precision, why = resolve_mixed_precision(mixed_precision, process_state(device).device.type)
     # Accelerate keeps its settings in a process-wide singleton; a second run in the same
     # process (a notebook, compare) may choose another precision. The distributed state stays.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -49,6 +54,7 @@ def make_accelerator(device: str, mixed_precision: str):
     if device not in ("auto", "cpu") and accelerator.device.type != device:
         raise ConfigError(f"train.device: {device} asked for, but Accelerate found only {accelerator.device.type} "
                           f"(use train.device=auto or cpu)")
+    accelerator.precision_reason = why
     return accelerator
 
 

@@ -31,7 +31,6 @@ import math
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ from polytask.model import MultiTaskModel, build_model
 from polytask.prefetch import Lookahead, pins_memory
 from polytask.registry import allowing_code, registered_only
 from polytask.html_report import write_run_report
+from polytask.interrupts import StopFlag
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
 from polytask.steps import forward_backward, make_optimizer, make_scheduler, probe_due, probe_gram, train_batch
@@ -324,8 +324,9 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = make_scheduler(t, optimizer)
     if accelerator.is_main_process:
-        print(f"training on {accelerator.device} (mixed precision: {t.mixed_precision}, torch threads: "
-              f"{torch.get_num_threads()})\n{describe_batch(t, accelerator.num_processes)}", file=sys.stderr)
+        print(f"training on {accelerator.device} (mixed precision: {accelerator.mixed_precision}, "
+              f"{accelerator.precision_reason}; torch threads: {torch.get_num_threads()})\n"
+              f"{describe_batch(t, accelerator.num_processes)}", file=sys.stderr)
         for name, td in data.items():  # e.g. extractive QA: questions (what budgets count) and windows
             summary = td.task.data_summary(td.examples["train"], td.features["train"])
             if summary:
@@ -353,7 +354,7 @@ def start(s: Session) -> LoopState:
     sizes = {n: len(s.data[n].features["train"]) for n in s.tasks}
     skipped = {n: {split: len(v) for split, v in s.data[n].skipped.items()} for n in s.tasks if s.data[n].skipped}
     s.run.append_event({"kind": "start", "step": 0, "params": s.model.describe(), "train_sizes": sizes,
-                        "device": str(s.device), "mixed_precision": s.cfg.train.mixed_precision,
+                        "device": str(s.device), "mixed_precision": s.accelerator.mixed_precision,
                         "torch_threads": torch.get_num_threads(), "processes": s.accelerator.num_processes,
                         "sharded": is_sharded(s.model),
                         "effective_batch": effective_batch(s.cfg.train, s.accelerator.num_processes),
@@ -675,33 +676,6 @@ def restore_checkpoint(run: RunFolder, model: torch.nn.Module, stateful: dict, r
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
     return LoopState(**saved["loop"])
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-        elif signum == signal.SIGINT:  # a second Ctrl-C: a person wants it to stop now
-            print("\nsecond Ctrl-C: stopping now, without the checkpoint of this step; `polytask train --resume` "
-                  "continues from the last one written", file=sys.stderr, flush=True)
-            raise KeyboardInterrupt
-        # a repeated SIGTERM (schedulers, parent-death signals) must not cut the checkpoint short
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def format_eval(step: int, results: dict, score: float, tasks) -> str:

@@ -98,7 +98,7 @@ def llm_config(tiny_llm, llm_data, tmp_path):
             "architecture": {"name": "causal_lm", "args": args},
             "tasks": llm_tasks(llm_data, packing),
             "train": {"max_steps": 20, "batch_size": 8, "eval_batch_size": 16, "lr": 5e-3, "eval_every": 10,
-                      "log_every": 5, "warmup_ratio": 0.0, "num_threads": 1, **train},
+                      "log_every": 5, "warmup_ratio": 0.0, "num_threads": 1, "mixed_precision": "no", **train},
         }
 
     return make

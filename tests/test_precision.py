@@ -1,0 +1,109 @@
+"""Precision: ``train.mixed_precision: auto`` picks bf16 only where the hardware computes it
+natively (the capability checks mocked both ways, and the real ones on this machine)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from polytask import precision
+from polytask.config import from_dict
+from polytask.devices import make_accelerator
+from polytask.errors import PolytaskError
+from polytask.precision import native_bf16, resolve_inference, resolve_mixed_precision
+
+CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 {extra}\nbugs\t\t: spectre_v1\n"
+
+
+def fake_cpu(monkeypatch, tmp_path, extra: str) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO.format(extra=extra))
+    monkeypatch.setattr(precision, "CPUINFO", path)
+
+
+@pytest.mark.parametrize("extra, unit", [("avx512f amx_tile amx_bf16", "AMX"), ("avx512f avx512_bf16", "AVX512_BF16"),
+                                         ("avx512f", None), ("", None)])
+def test_auto_is_bf16_only_on_cpus_with_amx_or_avx512_bf16(monkeypatch, tmp_path, extra, unit):
+    fake_cpu(monkeypatch, tmp_path, extra)
+    assert precision.cpu_bf16_unit() == unit
+    resolved, why = resolve_mixed_precision("auto", "cpu")
+    assert resolved == ("bf16" if unit else "no")
+    assert (unit or "neither AMX nor AVX512_BF16") in why
+    assert make_accelerator("cpu", "auto").mixed_precision == resolved  # what training runs with
+
+
+def test_without_cpuinfo_torchs_own_checks_decide(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "absent")
+    for amx, avx in [(True, False), (False, True), (False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx)
+        assert resolve_mixed_precision("auto", "cpu")[0] == ("bf16" if amx or avx else "no")
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_on_cuda_follows_the_devices_bf16_support(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: supported)
+    assert resolve_mixed_precision("auto", "cuda")[0] == ("bf16" if supported else "no")
+    assert resolve_mixed_precision("auto", "mps")[0] == "no"  # not measured: float32
+
+
+def test_explicit_settings_are_kept_whatever_the_hardware(monkeypatch, tmp_path):
+    fake_cpu(monkeypatch, tmp_path, "amx_bf16")
+    assert resolve_mixed_precision("no", "cpu")[0] == "no"
+    assert make_accelerator("cpu", "no").mixed_precision == "no"
+    fake_cpu(monkeypatch, tmp_path, "")
+    assert resolve_mixed_precision("bf16", "cpu")[0] == "bf16"  # asked for: emulated, but given
+
+
+def test_this_machines_flags_are_read():
+    flags = precision.cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo on this system")
+    text = precision.CPUINFO.read_text()
+    assert all(flag in text for flag in flags) and ("avx512_bf16" in flags) == (" avx512_bf16" in text)
+
+
+def test_auto_is_the_default_and_a_run_records_what_it_resolved_to(tiny_backbone, tmp_path, capfd):
+    from polytask.train import train
+
+    raw = tiny_config(tiny_backbone, tmp_path, max_steps=4, eval_every=4, log_every=2)
+    del raw["train"]["mixed_precision"]
+    cfg = from_dict(raw)
+    assert cfg.train.mixed_precision == "auto"
+    run = train(cfg, progress=False)
+    start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    expected, why = resolve_mixed_precision("auto", "cpu")
+    assert start["kind"] == "start" and start["mixed_precision"] == expected
+    assert f"mixed precision: {expected}, {why}" in capfd.readouterr().err
+
+
+def test_inference_precision_auto_follows_the_run_and_the_hardware(monkeypatch, tmp_path):
+    fake_cpu(monkeypatch, tmp_path, "avx512_bf16")
+    assert resolve_inference("auto", "cpu", trained="bf16") == "bf16"
+    assert resolve_inference("auto", "cpu", trained="auto") == "bf16"
+    assert resolve_inference("auto", "cpu", trained="no") == "fp32"
+    assert resolve_inference("bf16", "cpu") == "bf16" and resolve_inference("fp32", "cpu") == "fp32"
+    fake_cpu(monkeypatch, tmp_path, "avx2")
+    assert resolve_inference("auto", "cpu", trained="bf16") == "fp32"  # trained elsewhere: fp32 here
+    with pytest.raises(PolytaskError, match=r"--precision bf16: CPU has neither AMX nor AVX512_BF16.*fp32 or int8"):
+        resolve_inference("bf16", "cpu")
+    with pytest.raises(PolytaskError, match=r"--precision int8: dynamic quantization runs on the CPU only"):
+        resolve_inference("int8", "cuda")
+    with pytest.raises(PolytaskError, match=r"--precision 'fp8': choose one of auto, fp32, bf16, int8"):
+        resolve_inference("fp8", "cpu")
+
+
+def test_int8_is_refused_without_a_quantized_engine(monkeypatch):
+    assert precision.int8_engine() in torch.backends.quantized.supported_engines  # this build has one
+    monkeypatch.setattr(precision, "int8_engine", lambda: None)  # a build without one
+    with pytest.raises(PolytaskError, match=r"--precision int8: this torch build has no quantized engine"):
+        resolve_inference("int8", "cpu")
+
+
+def test_native_bf16_reason_names_the_device():
+    ok, why = native_bf16("cpu")
+    assert ("CPU has" in why) and (ok == ("neither" not in why))
