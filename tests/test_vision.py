@@ -224,12 +224,8 @@ def test_two_image_tasks_hard_sharing_mgda_save_load_predict(image_data, tiny_cn
     assert acc == pytest.approx(summary["dev"]["left"]["accuracy"])
     as_bytes = pred.predict("left", [(image_data / rows[0]["path"]).read_bytes()])
     assert as_bytes == got[:1]
-    pytest.importorskip("fastapi")
+    assert pred.predict("left", [{"image": str(image_data / rows[0]["path"])}]) == got[:1]  # the field by its name
     from polytask.errors import PolytaskError
-    from polytask.serve import create_app
-
-    with pytest.raises(PolytaskError, match="does not serve image tasks yet"):  # not a path reader on the server's disk
-        create_app(pred)
     from polytask.export.hf import export_hf
 
     with pytest.raises(PolytaskError, match="exporting an image run is not implemented yet"):

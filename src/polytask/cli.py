@@ -244,6 +244,8 @@ def serve(
     max_body_bytes: int = typer.Option(2 * 1024 * 1024, help="Request body size at most (413 before parsing)"),
     header_timeout: float = typer.Option(10.0, help="Seconds for a request's headers to arrive (then cut)"),
     body_timeout: float = typer.Option(30.0, help="Seconds for a request's body to arrive (then 408)"),
+    max_image_bytes: int = typer.Option(8 * 1024 * 1024, help="Image runs: encoded bytes per image at most (413)"),
+    max_image_pixels: int = typer.Option(40_000_000, help="Image runs: width x height per image at most (413)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve a trained run over HTTP (FastAPI): /v1/predict, /v1/tasks, /health, /metrics, /docs.
@@ -254,7 +256,8 @@ def serve(
 
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batching=batching,
                              max_inputs=max_inputs, max_chars=max_chars, max_new_tokens=max_new_tokens,
-                             max_body_bytes=max_body_bytes, header_timeout=header_timeout, body_timeout=body_timeout)
+                             max_body_bytes=max_body_bytes, header_timeout=header_timeout, body_timeout=body_timeout,
+                             max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels)
     _call(run_server, run_dir, host, port, settings, log_level)
 
 

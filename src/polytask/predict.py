@@ -225,7 +225,7 @@ def task_fields(t: Task, item: Any) -> dict[str, Any]:
     """One raw input as the record fields ``t.parse`` reads (the task's field names mapped to its columns)."""
     if not isinstance(item, dict):
         return {t.column(t.input_fields[0]): item}
-    named = set(t.text_fields) | set(t.optional_fields)
+    named = set(t.input_fields) | set(t.optional_fields)  # input_fields: the text fields, or the image field
     out = {k: v for k, v in item.items() if k not in named}
     for k, v in item.items():
         if k in named and (t.column(k) == k or t.column(k) not in item):  # an explicit column wins

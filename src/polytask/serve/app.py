@@ -1,5 +1,9 @@
 """The FastAPI application: endpoints, request checks, error responses and metrics.
 
+A run whose tasks read images (docs/vision.md) takes each image as base64 in the JSON endpoints
+and as files on ``POST /v1/upload`` and ``POST /v1/upload/{task}`` (``multipart/form-data``);
+:mod:`polytask.serve.images` checks them (size, pixels, decodable, mode) before the model.
+
 Every error is a JSON object ``{"detail": message, "problems": [...]}`` with a 4xx status
 naming the field (``inputs[2].text: empty text``) or the known tasks; an unexpected failure is
 a 500 ``{"detail": "internal error"}`` (logged by the server, never sent to the client). Echoed
@@ -13,9 +17,10 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,6 +31,7 @@ from polytask.errors import DataError, PolytaskError
 from polytask.predict import AllPredictions, Predictor
 from polytask.serve.batcher import MicroBatcher
 from polytask.serve.docs import add_docs
+from polytask.serve.images import ImageProblems, image_tasks, json_images, uploaded_images
 from polytask.serve.limits import RequestLimits
 from polytask.serve.settings import ServeSettings
 
@@ -38,7 +44,8 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"inputs": ["the chef burned the pasta"], "tasks": ["topic"], "scores": True}]})
-    inputs: list[Any] = Field(description="strings, lists of words, or objects of fields")
+    inputs: list[Any] = Field(description="strings, lists of words, or objects of fields; an image task's "
+                                          "image: the file's bytes as base64 (or a data:image/...;base64, URI)")
     tasks: list[str] | None = Field(None, description="tasks to predict (default: every task)")
     scores: bool = Field(False, description="add label probabilities where a task has them")
     max_new_tokens: int | None = Field(None, description="generation tasks: decode at most this many tokens")
@@ -47,7 +54,8 @@ class PredictRequest(BaseModel):
 class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"inputs": ["the chef burned the pasta"], "scores": True}]})
-    inputs: list[Any] = Field(description="strings, lists of words, or objects of fields")
+    inputs: list[Any] = Field(description="strings, lists of words, or objects of fields; an image task's "
+                                          "image: the file's bytes as base64 (or a data:image/...;base64, URI)")
     scores: bool = Field(False, description="add label probabilities where the task has them")
     max_new_tokens: int | None = Field(None, description="generation tasks: decode at most this many tokens")
 
@@ -95,12 +103,17 @@ def value_size(value: Any, limit: int) -> int:
     return len(str(value)) if isinstance(value, (int, float, bool)) or value is None else 1
 
 
+def check_count(inputs: list, settings: ServeSettings, what: str = "inputs") -> list:
+    if not inputs:
+        raise error(422, f"{what}: empty list; give at least one input")
+    if len(inputs) > settings.max_inputs:
+        raise error(413, f"{what}: {len(inputs)} inputs; at most {settings.max_inputs} per request")
+    return inputs
+
+
 def check_inputs(inputs: list, settings: ServeSettings) -> list:
     """Structural checks and limits; the task checks (empty text, missing fields) come after."""
-    if not inputs:
-        raise error(422, "inputs: empty list; give at least one input")
-    if len(inputs) > settings.max_inputs:
-        raise error(413, f"inputs: {len(inputs)} inputs; at most {settings.max_inputs} per request")
+    check_count(inputs, settings)
     problems = []
     for i, item in enumerate(inputs):
         words = item if isinstance(item, list) else [item]
@@ -162,7 +175,7 @@ def parse(pred: Predictor, names: list[str], inputs: list, strict: bool) -> dict
         raise error(422, "; ".join(problems[:5]), problems)
     nothing = [i for i in range(len(inputs)) if all(i in skipped.get(n, {}) for n in names)]
     if nothing:
-        needs = "; ".join(f"{n} needs {', '.join(pred.tasks[n].column(f) for f in pred.tasks[n].text_fields)}"
+        needs = "; ".join(f"{n} needs {', '.join(pred.tasks[n].column(f) for f in pred.tasks[n].input_fields)}"
                           for n in names)
         problems = [f"inputs[{i}]: has the fields of none of the requested tasks ({needs})" for i in nothing]
         raise error(422, "; ".join(problems[:5]), problems)
@@ -195,10 +208,6 @@ def split(result: AllPredictions, a: int, b: int) -> AllPredictions:
 
 def create_app(pred: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``pred`` (see docs/serving.md)."""
-    unserved = [n for n, t in pred.tasks.items() if t.inputs is not None]
-    if unserved:  # a path field would be read from the server's own disk
-        raise PolytaskError(f"polytask serve does not serve image tasks yet ({', '.join(unserved)}): image uploads "
-                            f"(base64, multipart) are not implemented; use polytask predict (docs/vision.md)")
     settings = settings or ServeSettings()
     metrics = Metrics()
 
@@ -224,9 +233,12 @@ def create_app(pred: Predictor, settings: ServeSettings | None = None) -> FastAP
                               f"{', '.join(pred.tasks)}. See docs/serving.md.")
     app.state.predictor, app.state.settings, app.state.metrics, app.state.batcher = pred, settings, metrics, batcher
     add_docs(app)  # /docs with Swagger UI's files served by this server (works offline)
-    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+                       upload_prefix=UPLOAD if image_tasks(pred) else None)
     install_handlers(app, metrics)
-    add_routes(app, pred, settings, batcher, metrics)
+    answer = add_routes(app, pred, settings, batcher, metrics)
+    if image_tasks(pred):
+        add_upload_routes(app, pred, settings, answer)
     return app
 
 
@@ -268,10 +280,16 @@ def install_handlers(app: FastAPI, metrics: Metrics) -> None:
 
 
 def add_routes(app: FastAPI, pred: Predictor, settings: ServeSettings, batcher: MicroBatcher,
-               metrics: Metrics) -> None:
+               metrics: Metrics):
+    """The JSON endpoints; returns ``answer`` (checks, then the batched model call) for the upload ones."""
+    images = bool(image_tasks(pred))
+
     async def answer(names: list[str], inputs: list, scores: bool, max_new_tokens: int | None,
-                     strict: bool) -> tuple[AllPredictions, list]:
-        inputs = check_inputs(inputs, settings)
+                     strict: bool, decoded: bool = False) -> tuple[AllPredictions, list]:
+        if images and not decoded:  # base64 images -> arrays (never a path on the server's disk)
+            inputs = await decode_off_loop(json_images, pred, names, check_count(inputs, settings), settings)
+        elif not decoded:
+            inputs = check_inputs(inputs, settings)
         max_new_tokens = check_max_new_tokens(pred, names, max_new_tokens, settings)
         parse(pred, names, inputs, strict)
         try:
@@ -306,13 +324,55 @@ def add_routes(app: FastAPI, pred: Predictor, settings: ServeSettings, batcher: 
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    return answer
+
+
+UPLOAD = "/v1/upload"
+
+
+async def decode_off_loop(function, *args):
+    """Run an image decoder on the thread pool (PIL releases the GIL), its problems as one 4xx."""
+    try:
+        return await run_in_threadpool(function, *args)
+    except ImageProblems as exc:
+        raise error(exc.status, str(exc), exc.messages) from None
+
+
+def add_upload_routes(app: FastAPI, pred: Predictor, settings: ServeSettings, answer) -> None:
+    """``POST /v1/upload`` and ``/v1/upload/{task}``: image files as multipart/form-data parts named ``images``."""
+    files_doc = "image files (JPEG, PNG, ...), one part each, in the order of the predictions"
+
+    async def decoded(images: list[UploadFile]) -> list:
+        check_count(images, settings, "images")
+        files = [(f.filename or "", await f.read()) for f in images]
+        return await decode_off_loop(uploaded_images, files, pred, settings)
+
+    @app.post(UPLOAD, summary="Every requested task's predictions for uploaded image files (multipart/form-data)")
+    async def upload(images: list[UploadFile] = File(..., description=files_doc),
+                     tasks: list[str] | None = Form(None, description="tasks to predict (default: every task)"),
+                     scores: bool = Form(False, description="add label probabilities")) -> dict:
+        names = check_tasks(pred, tasks)
+        result, inputs = await answer(names, await decoded(images), scores, None, strict=False, decoded=True)
+        return {"files": [f.filename for f in images],
+                "predictions": [render(result, names, i) for i in range(len(inputs))]}
+
+    @app.post(UPLOAD + "/{task}", summary="One task's predictions for uploaded image files (multipart/form-data)")
+    async def upload_task(task: str, images: list[UploadFile] = File(..., description=files_doc),
+                          scores: bool = Form(False, description="add label probabilities")) -> dict:
+        if task not in pred.tasks:
+            raise error(404, f"unknown task '{task}'; known tasks: {', '.join(pred.tasks)}")
+        result, inputs = await answer([task], await decoded(images), scores, None, strict=True, decoded=True)
+        return {"task": task, "files": [f.filename for f in images],
+                "predictions": [render(result, [task], i)[task] for i in range(len(inputs))]}
+
 
 def describe_task(pred: Predictor, name: str) -> dict[str, Any]:
     t = pred.tasks[name]
     return {
         "name": name,
         "type": t.type_name,
-        "fields": [t.column(f) for f in t.text_fields],
+        "fields": [t.column(f) for f in t.input_fields],
+        "reads": "image" if t.inputs is not None else "text",
         "optional_fields": [t.column(f) for f in t.optional_fields],
         "labels": list(getattr(t, "labels", None) or []) or None,
         "metric": t.main_metric,

@@ -4,7 +4,8 @@ the content type.
 - :class:`RequestLimits` (ASGI middleware): a body over ``max_body_bytes`` is answered 413 as
   soon as its ``content-length`` (or the bytes read so far) says so, before anything parses it;
   a body not received within ``body_timeout`` seconds is answered 408; a POST without a JSON
-  content type is answered 400 naming the ``content-type`` header. These answers close the
+  content type (or, on the upload paths of an image run, ``multipart/form-data``) is answered
+  400 naming the ``content-type`` header. These answers close the
   connection.
 - :func:`protocol_with_header_timeout`: uvicorn's h11 protocol, cutting a connection whose
   request line and headers have not all arrived ``header_timeout`` seconds after it started
@@ -17,6 +18,7 @@ import asyncio
 import json
 
 JSON_TYPES = ("application/json",)
+MULTIPART = "multipart/form-data"
 
 
 def _is_json(content_type: str) -> bool:
@@ -35,15 +37,16 @@ async def _refuse(send, status: int, detail: str) -> None:
 class RequestLimits:
     """ASGI middleware: body size limit, body read timeout and the JSON content type (see module)."""
 
-    def __init__(self, app, max_body_bytes: int, body_timeout: float) -> None:
+    def __init__(self, app, max_body_bytes: int, body_timeout: float, upload_prefix: str | None = None) -> None:
         self.app, self.max_body_bytes, self.body_timeout = app, max_body_bytes, body_timeout
+        self.upload_prefix = upload_prefix  # paths that take multipart/form-data instead of JSON
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        problem = self._header_problem(scope["method"], headers)
+        problem = self._header_problem(scope["method"], headers, scope.get("path", ""))
         if problem:
             await _refuse(send, *problem)
             return
@@ -61,11 +64,17 @@ class RequestLimits:
 
         await self.app(scope, replay, send)
 
-    def _header_problem(self, method: str, headers: dict) -> tuple[int, str] | None:
+    def _header_problem(self, method: str, headers: dict, path: str = "") -> tuple[int, str] | None:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return 413, (f"body: {int(length)} bytes; at most {self.max_body_bytes} per request "
                          f"(polytask serve --max-body-bytes)")
+        if method in ("POST", "PUT", "PATCH") and self.upload_prefix and path.startswith(self.upload_prefix):
+            kind = headers.get(b"content-type", b"").decode("latin-1")
+            if kind.split(";", 1)[0].strip().lower() != MULTIPART:
+                return 400, (f"content-type: {kind[:100]!r} is not {MULTIPART}; upload the image files as "
+                             f"{MULTIPART} parts named 'images'")
+            return None
         if method in ("POST", "PUT", "PATCH"):
             kind = headers.get(b"content-type")
             if kind is None:

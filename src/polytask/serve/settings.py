@@ -20,6 +20,9 @@ class ServeSettings:
             2000 characters, JSON-escaped, fit).
         header_timeout: seconds for a request's line and headers to arrive (then the connection is cut).
         body_timeout: seconds for a request's body to arrive (then 408).
+        max_image_bytes: an image run's encoded image size at most, per image (413; default 8 MiB;
+            raise ``max_body_bytes`` too for large photos).
+        max_image_pixels: an image's width x height at most (413, read before decoding; default 40 M).
     """
 
     max_batch_size: int = 32
@@ -32,6 +35,8 @@ class ServeSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
 
     @property
     def effective_batch_size(self) -> int:
