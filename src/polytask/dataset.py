@@ -91,16 +91,21 @@ def check_combination(cfg: Config) -> None:
     from polytask.tasks import REGISTRY
 
     io = io_of_kind(cfg.model.kind)
+    readers = ", ".join(n for n, c in REGISTRY.items() if io.consumes in c.reads)
     for tc in cfg.tasks:
         cls = REGISTRY.get(tc.type)
         if cls is not None and io.consumes not in cls.reads:
             raise ConfigError(f"tasks[{tc.name}]: a {tc.type} task reads {', '.join(sorted(cls.reads))}, but "
-                              f"model.kind={cfg.model.kind} is {io.describe}; on images use classification, "
-                              f"multilabel or regression")
-    why = architecture_class(cfg.architecture.name).refuses(io)
+                              f"model.kind={cfg.model.kind} is {io.describe}; with it use {readers}")
+    arch = architecture_class(cfg.architecture.name)
+    why = arch.refuses(io)
     if why:
         raise ConfigError(f"architecture.name: {cfg.architecture.name} cannot be used with model.kind="
                           f"{cfg.model.kind}: {why}")
+    dense = [tc for tc in cfg.tasks if getattr(REGISTRY.get(tc.type), "reads_maps", False)]
+    if dense and not arch.variant_for(io).passes_maps:
+        raise ConfigError(f"tasks[{dense[0].name}]: a {dense[0].type} task reads the backbone's feature pyramid, "
+                          f"which architecture {cfg.architecture.name} does not pass to the heads; use hard or mtan")
 
 
 def bind_inputs(cfg: Config, task: Task) -> Task:

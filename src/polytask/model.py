@@ -22,11 +22,16 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.arch = arch
         size = hidden_size(arch.backbone)
+        for t in tasks.values():
+            t.bind_backbone(arch.backbone.config)  # a dense task's head sizes itself to the pyramid
         self.heads = nn.ModuleDict({name: t.make_head(size) for name, t in tasks.items()})
 
     def forward(self, batch: dict[str, Tensor], task: str) -> tuple[Tensor, Features]:
         feats = self.arch(batch, task)
-        return self.heads[task](feats.hidden, feats.mask), feats
+        head = self.heads[task]
+        if getattr(head, "reads_features", False):  # a dense head reads the pyramid (Features.maps)
+            return head(feats), feats
+        return head(feats.hidden, feats.mask), feats
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return list(self.heads[task].parameters()) + self.arch.task_parameters(task)

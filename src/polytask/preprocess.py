@@ -100,14 +100,20 @@ def centre_crop(x: Tensor, size: int) -> Tensor:
 def random_crop(x: Tensor, scale: list[float], gen: torch.Generator) -> Tensor:
     """A crop of area fraction in ``scale`` and aspect ratio in [3/4, 4/3] (log-uniform), placed
     uniformly; the whole image when ``scale`` is [1, 1]."""
-    h, w = x.shape[-2:]
+    top, left, ch, cw = crop_window(*x.shape[-2:], scale, gen)
+    return x[:, top:top + ch, left:left + cw]
+
+
+def crop_window(h: int, w: int, scale: list[float], gen: torch.Generator) -> tuple[int, int, int, int]:
+    """``random_crop``'s window (top, left, height, width) in an h x w image (dense tasks crop
+    their masks and boxes with the same window)."""
     u = torch.rand(4, generator=gen).tolist()
     area = (scale[0] + (scale[1] - scale[0]) * u[0]) * h * w
     ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
     ch = min(h, max(1, round(math.sqrt(area / ratio))))
     cw = min(w, max(1, round(math.sqrt(area * ratio))))
     top, left = int(u[2] * (h - ch + 1)), int(u[3] * (w - cw + 1))
-    return x[:, top:top + ch, left:left + cw]
+    return top, left, ch, cw
 
 
 def colour_jitter(x: Tensor, strength: float, gen: torch.Generator) -> Tensor:

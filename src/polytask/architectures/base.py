@@ -40,6 +40,9 @@ class Features:
     # axis but the last): (B, T, H) for most architectures; MTAN: every hidden state of the
     # shared encoder (L + 1, B, T, H)
     shared: Tensor
+    # a vision backbone's pyramid as the task sees it ((B, C_j, H_j, W_j), finest first), for the
+    # heads of dense tasks (segmentation, detection); None where the architecture gives no maps
+    maps: list[Tensor] | None = None
 
 
 class Architecture(nn.Module):
@@ -55,6 +58,10 @@ class Architecture(nn.Module):
     #: towers, cross-stitch, MTAN attention over every layer, causal_lm) leave it False and get
     #: one pass per task.
     shared_encoder: ClassVar[bool] = False
+
+    #: Whether :class:`Features` carry the backbone's pyramid (``maps``), which dense task heads
+    #: read; ``check`` refuses a dense task on an architecture that leaves it None.
+    passes_maps: ClassVar[bool] = False
 
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         """The task-independent encoder output (B, T, H) (``shared_encoder`` architectures only)."""

@@ -2,6 +2,11 @@
 
 The simplest and, for related NLP tasks, strongest default: every task's batch runs through
 the same backbone; its head reads the final hidden states. No hyper-parameters.
+
+On a vision backbone the features also carry its pyramid (``Features.maps``) for dense task
+heads; the last map is read back from the shared positions, so representation gradients of a
+dense task see the last stage (its finer stages reach the backbone directly: use MTAN, or
+``train.grad_space: shared``, for gradients over every stage).
 """
 
 from __future__ import annotations
@@ -13,9 +18,16 @@ from polytask.architectures.base import Architecture, Features
 
 class HardSharing(Architecture):
     shared_encoder = True
+    passes_maps = True
 
     def forward(self, batch: dict[str, Tensor], task: str) -> Features:
-        return self.task_features(self.encode(batch), batch, task)
+        out = self.backbone(**self.backbone_inputs(batch))
+        feats = self.task_features(out.last_hidden_state, batch, task)
+        maps = getattr(out, "maps", None)
+        if maps:  # the last map read back from the shared positions (B, 1 + H * W, C) -> (B, C, H, W)
+            last = feats.shared[:, 1:].transpose(1, 2).reshape(maps[-1].shape)
+            feats.maps = list(maps[:-1]) + [last]
+        return feats
 
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         return self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)

@@ -12,7 +12,8 @@ backbone's pyramid ``p_1 .. p_L`` ((B, C_j, H_j, W_j), finest first). For task t
 ``pool`` average-pools the previous stage's attended features to this stage's resolution (the
 paper passes them through a 3x3 conv block before pooling; here the attention's own 1x1 convs
 take that role, which keeps the module small enough for CPU training). The task's head reads
-``u_L`` as positions (B, 1 + H_L * W_L, C_L), its global average first, like hard sharing's.
+``u_L`` as positions (B, 1 + H_L * W_L, C_L), its global average first, like hard sharing's; a
+dense task's head reads every attended stage ``u_1 .. u_L`` (``Features.maps``).
 
 Ownership: the backbone is shared; task t owns its L attention modules. ``Features.shared`` is
 every stage's map flattened and concatenated (B, sum_j C_j H_j W_j): the stages are cut back out
@@ -45,6 +46,8 @@ class StageAttention(nn.Module):
 
 
 class ConvMTAN(Architecture):
+    passes_maps = True
+
     def __init__(self, backbone, tasks: list[str], bottleneck: int = 64):
         super().__init__(backbone, tasks)
         if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 1:
@@ -65,18 +68,20 @@ class ConvMTAN(Architecture):
         parts = flat.split([m[0].numel() for m in maps], dim=1)
         return flat, [p.view(m.shape) for p, m in zip(parts, maps)]
 
-    def attend(self, maps: list[Tensor], task: str) -> Tensor:
-        """The task's attended last stage (B, C_L, H_L, W_L)."""
-        u = None
-        for j, (p, g) in enumerate(zip(maps, self.attention[task])):
-            x = p if u is None else torch.cat([p, F.adaptive_avg_pool2d(u, p.shape[-2:])], dim=1)
-            u = g(x) * p
-        return u
+    def attend(self, maps: list[Tensor], task: str) -> list[Tensor]:
+        """The task's attended stages [(B, C_j, H_j, W_j)], finest first."""
+        out: list[Tensor] = []
+        for p, g in zip(maps, self.attention[task]):
+            side = (int(p.shape[-2]), int(p.shape[-1]))  # plain ints: a constant in an ONNX trace (fixed image size)
+            x = torch.cat([p, F.adaptive_avg_pool2d(out[-1], side)], dim=1) if out else p
+            out.append(g(x) * p)
+        return out
 
     def forward(self, batch: dict[str, Tensor], task: str) -> Features:
         flat, maps = self.stages(batch)
-        hidden = as_positions(self.attend(maps, task))  # (B, 1 + H_L * W_L, C_L)
-        return Features(hidden=hidden, mask=self.positions_mask(batch, hidden), shared=flat)
+        attended = self.attend(maps, task)
+        hidden = as_positions(attended[-1])  # (B, 1 + H_L * W_L, C_L)
+        return Features(hidden=hidden, mask=self.positions_mask(batch, hidden), shared=flat, maps=attended)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [p for p in self.attention[task].parameters() if p.requires_grad]

@@ -10,11 +10,12 @@ from polytask.tasks.extractive_qa import ExtractiveQATask
 from polytask.tasks.generation import GenerationTask
 from polytask.tasks.multilabel import MultiLabelTask
 from polytask.tasks.regression import RegressionTask
+from polytask.tasks.segmentation import SegmentationTask
 from polytask.tasks.tagging import TaggingTask
 
 REGISTRY: dict[str, type[Task]] = {
     cls.type_name: cls for cls in (ClassificationTask, MultiLabelTask, RegressionTask, TaggingTask,
-                                   GenerationTask, ExtractiveQATask)
+                                   GenerationTask, ExtractiveQATask, SegmentationTask)
 }
 
 
