@@ -8,6 +8,7 @@ kind; the loop, its state and the run folder stay in :mod:`polytask.train`.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from polytask.devices import global_losses, process_mean, to_device
 from polytask.gradients import task_gram
 from polytask.model import MultiTaskModel
 from polytask.prefetch import pin
+from polytask.sharding import is_shard
 
 
 def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Module) -> torch.optim.Optimizer:
@@ -28,10 +30,13 @@ def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: torch.nn.Modul
     return adamw(cfg.train, params, [p for p in weighting.parameters() if p.requires_grad])
 
 
-def adamw(t, params: list[tuple[torch.nn.Parameter, bool]], extra: list | None = None) -> torch.optim.AdamW:
+def adamw(t, params: list[tuple[torch.nn.Parameter, bool]], extra: list | None = None,
+          kernel: str = "auto") -> torch.optim.AdamW:
     """AdamW over ``(parameter, is_head)`` pairs: weight decay on weight matrices only (not biases
     or LayerNorm); heads at ``train.head_lr`` when it is set; ``extra`` at ``train.weighting_lr``
-    without decay."""
+    without decay. ``kernel``: ``auto`` (torch's fused AdamW, one kernel for every tensor, where
+    the device has it: CPU, CUDA, MPS; else foreach; sharded parameters: foreach), ``foreach``,
+    or ``loop`` (the per-tensor loop); all compute the same update, to float rounding."""
     groups: dict[tuple[float, float], list] = {}
     for p, is_head in params:
         lr = t.head_lr if (t.head_lr and is_head) else t.lr
@@ -40,7 +45,20 @@ def adamw(t, params: list[tuple[torch.nn.Parameter, bool]], extra: list | None =
     out = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     if extra:
         out.append({"params": extra, "lr": t.weighting_lr, "weight_decay": 0.0})
-    return torch.optim.AdamW(out, lr=t.lr)
+    return adamw_kernel(out, t.lr, kernel)
+
+
+def adamw_kernel(groups: list[dict], lr: float, kernel: str) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(groups)`` through the ``kernel`` asked for (see :func:`adamw`)."""
+    if kernel == "loop":
+        return torch.optim.AdamW(groups, lr=lr, foreach=False, fused=False)
+    params = [p for g in groups for p in g["params"]]
+    if kernel == "auto" and params and not any(is_shard(p) for p in params):
+        try:  # torch refuses fused where a device or dtype has no fused kernel
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
 def make_scheduler(t, optimizer: torch.optim.Optimizer):
@@ -69,6 +87,11 @@ def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict
     weighting sees float32 losses and a float32 Gram matrix. Several processes: ``batches``
     are this process's slices and ``factors`` their shares (:func:`local_batches`); the losses
     and the Gram matrix are the global batch's, the same on every process.
+
+    Reads from the device (a GPU synchronisation each), where a value must be read: the task
+    losses, all at once (their values for the log and whether each is finite, which decides
+    whether anything is back-propagated), and the weighting's coefficients (for the log); on log
+    steps of multi-task draws, the Gram matrix's diagonal (:func:`polytask.train.train_step`).
     """
     names = list(batches)
     with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
@@ -76,8 +99,9 @@ def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict
     reduce = process_mean(accelerator)
     if reduce is not None:
         losses = global_losses(losses, [(factors or {}).get(n, 1.0) for n in names], accelerator)
-    for name, loss in zip(names, losses):
-        if not torch.isfinite(loss):
+    values = torch.stack([loss.detach().float() for loss in losses]).tolist()  # one read for every task
+    for name, value in zip(names, values):
+        if not math.isfinite(value):
             return StepResult([], [], bad_task=name)
     gram = None
     if weighting.needs_grads or want_gram:
@@ -90,7 +114,7 @@ def forward_backward(model: MultiTaskModel, tasks: dict, batches: dict[str, dict
         accelerator.backward(total / accum)
     else:
         (total / accum).backward()
-    return StepResult([float(x.detach()) for x in losses], weights.tolist(), gram)
+    return StepResult(values, weights.tolist(), gram)
 
 
 def train_batch(task_data, indices: list[int], pad_id: int, device: torch.device | None = None,

@@ -51,6 +51,7 @@ from polytask.errors import CheckpointError, ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines
 from polytask.model import MultiTaskModel, build_model
+from polytask.precision import autocast
 from polytask.prefetch import Lookahead, pins_memory
 from polytask.registry import allowing_code, registered_only
 from polytask.html_report import write_run_report
@@ -109,6 +110,7 @@ class Session:
     trackers: Trackers | None = None  # experiment trackers fed with the logged events
     progress: bool = True  # progress bars (training and evaluation)
     feed: Lookahead | None = None  # the loop's batches, made ahead (train.prefetch); None: made in the step
+    best_dev: tuple | None = None  # (step, dev metrics, dev predictions) of the best evaluation in this process
 
     @property
     def device(self) -> torch.device:
@@ -432,9 +434,10 @@ def finish(s: Session, state: LoopState) -> None:
     s.run.load_best(weights_view(s.model))
     summary = {"best_step": state.best_step, "train_seconds": state.elapsed, "steps": state.step,
                "skipped_batches": len(state.skipped_steps), "params": s.model.describe()}
-    for split in ("dev", "test"):
-        predictions: dict = {}
-        results = evaluate_split(s, split, predictions)
+    for split in ("dev", "test"):  # dev: the best step's own evaluation, unless it was before a --resume
+        scored = split == "dev" and s.best_dev is not None and s.best_dev[0] == state.best_step
+        predictions: dict = s.best_dev[2] if scored else {}
+        results = s.best_dev[1] if scored else evaluate_split(s, split, predictions)
         if results:
             summary[split] = results
             summary[f"{split}_macro"] = macro_score(results, s.tasks)
@@ -452,7 +455,9 @@ def finish(s: Session, state: LoopState) -> None:
 
 
 def train_step(s: Session, state: LoopState) -> StepOutcome:
-    """One optimizer step: ``grad_accum`` micro-steps, clipping, the update (unless a fault)."""
+    """One optimizer step: ``grad_accum`` micro-steps, clipping, the update (unless a fault).
+    Device reads: those of :func:`forward_backward`, and the gradient norm once (a non-finite one
+    must skip the update; fp16: the scaler reads whether it skipped)."""
     t, step = s.cfg.train, state.step
     s.model.train()
     out = StepOutcome([], {}, {}, None, None)
@@ -477,12 +482,12 @@ def train_step(s: Session, state: LoopState) -> StepOutcome:
         norm = clip_grad_norm(list(s.model.parameters()), t.grad_clip or math.inf)
     else:
         norm = s.accelerator.clip_grad_norm_(s.model.parameters(), t.grad_clip or math.inf)  # unscaled first (fp16)
-    scaled = s.accelerator.scaler is not None  # fp16: an overflow is the scaler's to skip, not a fault
-    if out.fault is None and not torch.isfinite(norm) and not scaled:
+    scaled, norm = s.accelerator.scaler is not None, float(norm)  # fp16: an overflow is the scaler's to skip
+    if out.fault is None and not math.isfinite(norm) and not scaled:
         first = out.names[0]
         out.fault = ("gradient", first if len(out.names) == 1 else ",".join(out.names), indices[first])
     if len(out.names) == 1 and t.grad_accum == 1:
-        out.grad_norms.setdefault(out.names[0], float(norm))
+        out.grad_norms.setdefault(out.names[0], norm)
     if out.fault is None:
         s.optimizer.step()
         if not s.accelerator.optimizer_step_was_skipped:
@@ -532,8 +537,10 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
 
 def evaluate_split(s: Session, split: str, predictions: dict | None = None) -> dict:
     """Metrics of ``split``, the same on every process: shared out over the processes and
-    gathered, or, with a sharded model, every batch on every process (its blocks gather together)."""
-    with unsharded(s.model):
+    gathered, or, with a sharded model, every batch on every process (its blocks gather together).
+    A bf16 run evaluates under bf16 autocast, as ``polytask evaluate`` does by default (:mod:`polytask.precision`)."""
+    bf16 = "bf16" if s.accelerator.mixed_precision == "bf16" else "fp32"
+    with unsharded(s.model), autocast(bf16, s.device.type):
         return evaluate(s.model, s.data, split, s.pad_id, s.cfg.train.eval_batch_size, predictions, s.progress,
                         None if is_sharded(s.model) else s.accelerator)
 
@@ -541,13 +548,15 @@ def evaluate_split(s: Session, split: str, predictions: dict | None = None) -> d
 def evaluate_and_select(s: Session, state: LoopState, bar) -> bool:
     """Dev metrics; keep the weights if the macro average improved. True: stop early."""
     t = s.cfg.train
-    results = evaluate_split(s, "dev")  # the same results on every process
+    predictions: dict = {}
+    results = evaluate_split(s, "dev", predictions)  # the same results on every process
     score = macro_score(results, s.tasks)
     log_event(s, {"kind": "eval", "step": state.step, "split": "dev", "metrics": results, "macro": score,
                   "main": {n: r[s.tasks[n].main_metric] for n, r in results.items()},
                   "main_metric": {n: s.tasks[n].main_metric for n in results}})
     if not results or score > state.best:
         state.best, state.best_step, state.stale = score, state.step, 0
+        s.best_dev = (state.step, results, predictions)  # finish() reports these: the same weights
         weights = weights_view(s.model, gather=True)  # sharded: gathered on the main process
         if s.main:
             s.run.save_best(weights, {"step": state.step, "dev_macro": score})
