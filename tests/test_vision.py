@@ -225,12 +225,7 @@ def test_two_image_tasks_hard_sharing_mgda_save_load_predict(image_data, tiny_cn
     as_bytes = pred.predict("left", [(image_data / rows[0]["path"]).read_bytes()])
     assert as_bytes == got[:1]
     assert pred.predict("left", [{"image": str(image_data / rows[0]["path"])}]) == got[:1]  # the field by its name
-    from polytask.errors import PolytaskError
-    from polytask.export.hf import export_hf
-
-    with pytest.raises(PolytaskError, match="exporting an image run is not implemented yet"):
-        export_hf(run_dir, image_data / "export")
-    assert not (image_data / "export").exists()  # refused before anything is written
+    # serving and export of image runs: tests/test_serve_images.py, tests/test_export_vision.py
 
 
 def test_mtan_over_cnn_stages_trains_and_resumes_exactly(image_data, tiny_cnn):

@@ -77,6 +77,8 @@ def _usage(manifest: dict) -> list[str]:
     kind = manifest.get("kind", "hard")
     if kind == "causal_lm":
         return _usage_causal_lm(manifest)
+    if kind == "vision":
+        return manifest["usage"]  # written by polytask.export.vision
     if kind.startswith("adapters"):
         return ["## Use", "", "```python", "from peft import PeftModel", "from transformers import AutoModel", "",
                 'encoder = AutoModel.from_pretrained("encoder")',

@@ -1,8 +1,9 @@
 """A run as Hugging Face model folders: ``polytask export RUN_DIR --format hf --out DIR``.
 
-``adapters`` runs get ``encoder/`` (adapter-free) and ``tasks/<task>/`` with each task's adapter
-(LoRA in PEFT's format) and head; ``causal_lm`` runs get one PEFT adapter folder per task with
-its prompt (:mod:`polytask.export.llm`). Layout of ``DIR`` for a hard-sharing run (docs/export.md):
+Image runs get ``encoder/`` only (:mod:`polytask.export.vision`). ``adapters`` runs get
+``encoder/`` (adapter-free) and ``tasks/<task>/`` with each task's adapter (LoRA in PEFT's
+format) and head; ``causal_lm`` runs get one PEFT adapter folder per task with its prompt
+(:mod:`polytask.export.llm`). Layout of ``DIR`` for a hard-sharing run (docs/export.md):
 
 - ``encoder/``: the shared encoder (``save_pretrained``, safetensors) and the tokenizer, for
   ``AutoModel.from_pretrained``; with the source's sentence-transformers files when the backbone
@@ -44,6 +45,7 @@ from polytask.export.card import model_card
 from polytask.export.folder import claim_out_dir
 from polytask.export.llm import export_causal_lm
 from polytask.export.lora import plain_backbone, write_task_adapter
+from polytask.export.vision import export_image_hf, reads_images
 from polytask.export.qa import export_qa
 from polytask.predict import Predictor
 
@@ -65,12 +67,11 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, push_to_hub: str | None 
     if push_to_hub:
         check_hub(push_to_hub)
     pred = Predictor.load(run_dir)
-    if any(t.inputs is not None for t in pred.tasks.values()):
-        raise PolytaskError(f"{run_dir} reads images: exporting an image run is not implemented yet "
-                            f"(docs/vision.md); predict with polytask")
     claim_out_dir(out_dir, overwrite)
     arch = pred.model.arch
-    if isinstance(arch, HardSharing):
+    if reads_images(pred):  # any image architecture: the encoder folder (docs/vision.md)
+        manifest = export_image_hf(pred, out_dir)
+    elif isinstance(arch, HardSharing):
         manifest = export_hard(pred, out_dir)
     elif isinstance(arch, Adapters):
         manifest = export_adapters(pred, out_dir)

@@ -13,6 +13,9 @@ Layout of ``DIR`` (docs/export.md):
 - ``tokenizer/``: the run's tokenizer (``AutoTokenizer.from_pretrained``);
 - ``polytask_onnx.json``: inputs, and per task its output name, type, labels and output shape.
 
+An image run (any image architecture) is exported by the same function with ``pixel_values`` in
+and ``preprocessor/`` instead of ``tokenizer/`` (:mod:`polytask.export.vision`).
+
 Before the folder is finished, an onnxruntime session is checked against PyTorch on a few inputs
 (:data:`TOLERANCE`).
 """
@@ -29,6 +32,7 @@ from torch import nn
 from polytask.architectures.hard import HardSharing
 from polytask.errors import PolytaskError
 from polytask.export.folder import claim_out_dir
+from polytask.export.vision import IMAGE_TYPES, ImageHeads, check_pixels, manifest_entry, reads_images
 from polytask.predict import Predictor
 
 TOLERANCE = 1e-4  # largest |output difference| between onnxruntime and PyTorch accepted
@@ -40,6 +44,8 @@ EXPORTED_TYPES = ("classification", "multilabel", "regression", "tagging", "extr
 class AllHeads(nn.Module):
     """The encoder once, then every task's head: ``forward(input_ids, attention_mask[,
     token_type_ids])`` returns one tensor per task, in ``names`` order."""
+
+    input_axes = {0: "batch", 1: "sequence"}
 
     def __init__(self, pred: Predictor, names: list[str]):
         super().__init__()
@@ -66,31 +72,34 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     files in it is refused, or with ``overwrite`` a previous export there is replaced."""
     require_onnx()
     pred = Predictor.load(run_dir)
-    if any(t.inputs is not None for t in pred.tasks.values()):
-        raise PolytaskError(f"{run_dir} reads images: exporting an image run is not implemented yet "
-                            f"(docs/vision.md); predict with polytask")
-    if not isinstance(pred.model.arch, HardSharing):
+    images = reads_images(pred)
+    if not images and not isinstance(pred.model.arch, HardSharing):
         raise PolytaskError(
             f"{run_dir} was trained with architecture '{pred.cfg.architecture.name}': the ONNX export needs a "
             "'hard' run (one encoder every task reads); export this run with --format hf where it applies, "
             "export-adapter or merge-lora")
-    skipped = {n: f"{t.type_name} tasks are not exported to ONNX (they decode step by step)"
-               for n, t in pred.tasks.items() if t.type_name not in EXPORTED_TYPES}
+    types = IMAGE_TYPES if images else EXPORTED_TYPES
+    skipped = {n: f"{t.type_name} tasks are not exported to ONNX" + ("" if images else " (they decode step by step)")
+               for n, t in pred.tasks.items() if t.type_name not in types}
     names = [n for n in pred.tasks if n not in skipped]
     if not names:
-        raise PolytaskError(f"{run_dir}: no task of a type the ONNX export handles ({', '.join(EXPORTED_TYPES)})")
+        raise PolytaskError(f"{run_dir}: no task of a type the ONNX export handles ({', '.join(types)})")
     out_dir = Path(out_dir)
     claim_out_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = AllHeads(pred, names).eval()
-    inputs = check_inputs(pred)
+    wrapper = (ImageHeads if images else AllHeads)(pred, names).eval()
+    inputs = check_pixels(pred) if images else check_inputs(pred)
     write_graph(wrapper, inputs, names, out_dir / "model.onnx")
     gap = max_difference(wrapper, inputs, out_dir / "model.onnx")
     if gap > TOLERANCE:
         (out_dir / "model.onnx").unlink()
         raise PolytaskError(f"the ONNX graph differs from PyTorch by {gap:.2g} (> {TOLERANCE}); nothing was kept")
-    pred.tokenizer.save_pretrained(out_dir / "tokenizer")
-    manifest = {"run_dir": str(pred.run_dir), "model": "model.onnx", "tokenizer": "tokenizer",
+    if images:
+        side = manifest_entry(pred, out_dir)
+    else:
+        pred.tokenizer.save_pretrained(out_dir / "tokenizer")
+        side = {"tokenizer": "tokenizer"}
+    manifest = {"run_dir": str(pred.run_dir), "model": "model.onnx", **side,
                 "inputs": list(inputs), "max_abs_difference": gap, "tasks": {n: task_entry(pred, n) for n in names},
                 "not_exported": skipped}
     (out_dir / "polytask_onnx.json").write_text(json.dumps(manifest, indent=2))
@@ -106,7 +115,7 @@ def check_inputs(pred: Predictor) -> dict[str, torch.Tensor]:
 
 
 def write_graph(wrapper: AllHeads, inputs: dict[str, torch.Tensor], names: list[str], path: Path) -> None:
-    axes = {k: {0: "batch", 1: "sequence"} for k in inputs}
+    axes = {k: dict(wrapper.input_axes) for k in inputs}
     for name, token_level in zip(names, wrapper.token_level):
         axes[name] = {0: "batch", 1: "sequence"} if token_level else {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
