@@ -74,3 +74,25 @@ def test_sub_runs_train_with_the_gpu_they_were_placed_on(tiny_backbone, tmp_path
     assert placed == {"5", "7"}
     assert "training up to 2 sub-runs at once, one GPU each (of 5, 7)" in lines
     assert sum("training on GPU 5" in line or "training on GPU 7" in line for line in lines) == 2
+
+
+@pytest.mark.parametrize("extra, missing", [(["--executor", "ray"], "--executor ray needs Ray"),
+                                            (["compare.search.trials=2", "compare.search.space.train.lr=[0.001,0.01]"],
+                                             "compare.search needs Optuna")])
+def test_without_the_ray_extra_the_cli_says_what_to_install(tiny_backbone, tmp_path, extra, missing):
+    """A Python where ray and optuna do not import (as without `pip install polytask[ray]`): the
+    real CLI names the extra to install, before anything trains."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = tiny_config(tiny_backbone, tmp_path, max_steps=2, batch_size=8, eval_every=2, log_every=2)
+    raw["tasks"] = demo_tasks(n_train=16, n_eval=8)[:1]
+    raw["compare"] = {"budget": "steps", "inference_examples": 0}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    hide = "import sys; sys.modules['ray'] = sys.modules['optuna'] = None; from polytask.cli import app; app()"
+    done = subprocess.run([sys.executable, "-c", hide, "compare", str(tmp_path / "c.yaml"), *extra],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and missing in done.stderr and "pip install 'polytask[ray]'" in done.stderr, done.stderr
+    assert not list(tmp_path.glob("tiny/*/*/*/summary.json"))  # nothing trained
