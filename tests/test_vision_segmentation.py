@@ -70,7 +70,7 @@ def config(root, backbone: str, tasks: list[dict], arch: str = "hard", weighting
         "model": {"kind": "vision", "backbone": backbone, "image": {"size": 32}},
         "architecture": {"name": arch}, "weighting": {"name": weighting},
         "train": {"max_steps": 30, "batch_size": 8, "eval_every": 30, "lr": 1e-2, "warmup_ratio": 0.0,
-                  "log_every": 10, "schedule": "constant", **train},
+                  "log_every": 10, "schedule": "constant", "mixed_precision": "no", **train},
         "tasks": tasks,
     }
 

@@ -37,6 +37,9 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 OVERRIDES = typer.Argument(None, help="Config overrides like train.max_steps=100 tasks.sst2.data.max_train=500")
 ALLOW_CODE = typer.Option(False, "--allow-code", help="Import module:Class components named in the run folder's config "
                                       "(only for run folders you trust)")
+PRECISION = typer.Option("auto", "--precision", help="fp32, bf16 (autocast; CPUs with AMX/AVX512_BF16, GPUs), int8 "
+                         "(dynamic quantization, CPU), or auto: the run's training precision where this device "
+                         "computes it natively, else fp32 (docs/serving.md)")
 
 
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: when stderr is a terminal; "
@@ -118,11 +121,12 @@ def evaluate(
     split: str = typer.Option("dev", help="dev, test or train"),
     overrides: Optional[list[str]] = OVERRIDES,
     allow_code: bool = ALLOW_CODE,
+    precision: str = PRECISION,
 ) -> None:
     """Evaluate a trained run on its configured dev or test data (e.g. data_dir=... to move it)."""
     from polytask.predict import evaluate_run
 
-    result = _call(evaluate_run, run_dir, split, overrides or [], allow_code)
+    result = _call(evaluate_run, run_dir, split, overrides or [], allow_code, precision)
     typer.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))
 
 
@@ -150,6 +154,7 @@ def predict(
     scores: bool = typer.Option(False, "--scores", help="Add each label-set task's label probabilities (as the "
                                 "server's scores)"),
     allow_code: bool = ALLOW_CODE,
+    precision: str = PRECISION,
 ) -> None:
     """Predict with a trained run, for one task or all tasks, from --text or an --input file.
 
@@ -164,7 +169,7 @@ def predict(
         if on_invalid not in ("error", "skip"):
             raise PolytaskError(f"--on-invalid {on_invalid!r}: use error or skip")
         records, unreadable = read_inputs(text, input)
-        pred = Predictor.load(run_dir, allow_code=allow_code)
+        pred = Predictor.load(run_dir, allow_code=allow_code, precision=precision)
         names = [task] if task else list(pred.tasks)
         records, dropped = valid_inputs(pred, names, records, unreadable, task is not None, on_invalid == "skip")
         # every task: one encoder pass per input where the architecture allows, and only the
@@ -247,6 +252,7 @@ def serve(
     max_image_bytes: int = typer.Option(8 * 1024 * 1024, help="Image runs: encoded bytes per image at most (413)"),
     max_image_pixels: int = typer.Option(40_000_000, help="Image runs: width x height per image at most (413)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
+    precision: str = PRECISION,
 ) -> None:
     """Serve a trained run over HTTP (FastAPI): /v1/predict, /v1/tasks, /health, /metrics, /docs.
 
@@ -258,7 +264,7 @@ def serve(
                              max_inputs=max_inputs, max_chars=max_chars, max_new_tokens=max_new_tokens,
                              max_body_bytes=max_body_bytes, header_timeout=header_timeout, body_timeout=body_timeout,
                              max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels)
-    _call(run_server, run_dir, host, port, settings, log_level)
+    _call(run_server, run_dir, host, port, settings, log_level, 30.0, precision)
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Serving cost: predicting every task with one multi-task model vs T single-task models.
 
 Measured, not estimated, on the first seed's runs, in this process: every model of a set is
-loaded at once (:class:`polytask.predict.Predictor`), then the same encoded inputs -- the first
+loaded at once (:class:`polytask.predict.Predictor`, each at its run's precision, as
+``--precision auto`` chooses), then the same encoded inputs -- the first
 ``compare.inference_examples`` dev examples of each task, from the comparison's
 :class:`~polytask.compare.prepared.Prepared` data -- are predicted after one warm-up batch.
 The measurements are cached in ``inference.json``.
@@ -64,12 +65,16 @@ def _dev_inputs(prepared: Prepared, tokenizer, n: int) -> dict[str, list[dict]]:
 
 
 def _predict_every_task(owner: dict, inputs: dict[str, list[dict]], batch: int, limit: int | None = None) -> None:
+    """Each task's inputs through its model, at that run's precision (``Predictor.precision``)."""
+    from polytask.devices import module_device
     from polytask.evaluate import predict_features
+    from polytask.precision import autocast
 
     for name, feats in inputs.items():
         if feats:
             pred = owner[name]
-            predict_features(pred.model, pred.tasks[name], feats[:limit], pred.pad_id, batch)
+            with autocast(pred.precision, module_device(pred.model).type):
+                predict_features(pred.model, pred.tasks[name], feats[:limit], pred.pad_id, batch)
 
 
 def _serve(folders: list[RunFolder], prepared: Prepared, n: int,
@@ -97,5 +102,5 @@ def _serve(folders: list[RunFolder], prepared: Prepared, n: int,
         "params_served": sum(sum(p.numel() for p in pr.model.parameters()) for pr in preds),
         "weight_bytes": sum(f.weights_bytes() for f in folders),
         "load_seconds": load_s, "predict_seconds": secs, "examples_per_s": total / secs if secs else math.nan,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "precision": sorted({p.precision for p in preds}),
     }, inputs

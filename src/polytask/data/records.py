@@ -18,7 +18,7 @@ from polytask.data.jsonl import read_jsonl
 from polytask.data.squad import read_squad
 from polytask.errors import DataProblem
 
-FORMATS = ("jsonl", "csv", "tsv", "conll", "hf", "squad", "npz", "imagefolder")
+FORMATS = ("jsonl", "csv", "tsv", "conll", "hf", "squad", "npz", "imagefolder", "coco")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
               ".conll": "conll", ".txt": "conll", ".iob": "conll", ".npz": "npz"}
 
@@ -51,6 +51,10 @@ def read_records(path: str | Path, fmt: str | None = None, *, max_examples: int 
     if fmt == "conll":
         return read_conll(path, max_examples=max_examples, tag_column=tag_column,
                           encoding=encoding)
+    if fmt == "coco":
+        from polytask.data.boxes import read_coco
+
+        return read_coco(path, max_examples=max_examples)
     if fmt in ("npz", "imagefolder"):
         from polytask.data.images import read_image_folder, read_npz
 

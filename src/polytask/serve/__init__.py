@@ -31,9 +31,10 @@ def create_app(predictor, settings: ServeSettings | None = None):
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info", graceful_timeout: float = 30.0) -> None:
+          log_level: str = "info", graceful_timeout: float = 30.0, precision: str = "auto") -> None:
     """Load ``run_dir`` and serve it until SIGTERM/SIGINT (then drain for up to ``graceful_timeout`` s:
-    requests still running then are cut). Request limits and read timeouts: ``settings``."""
+    requests still running then are cut). Request limits and read timeouts: ``settings``; the
+    model's precision: ``precision`` (:meth:`polytask.predict.Predictor.load`)."""
     try:
         import uvicorn
 
@@ -47,7 +48,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settin
     # interval a busy event-loop thread (parsing requests) delays each op by up to 5 ms.
     sys.setswitchinterval(0.0005)
     settings = settings or ServeSettings()
-    app = _create(Predictor.load(run_dir), settings)
+    app = _create(Predictor.load(run_dir, precision=precision), settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
                             http=protocol_with_header_timeout(settings.header_timeout))
     uvicorn.Server(config).run()

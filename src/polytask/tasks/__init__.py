@@ -6,6 +6,7 @@ from polytask.config import TaskConfig
 from polytask.registry import resolve
 from polytask.tasks.base import Example, Task
 from polytask.tasks.classification import ClassificationTask
+from polytask.tasks.detection import DetectionTask
 from polytask.tasks.extractive_qa import ExtractiveQATask
 from polytask.tasks.generation import GenerationTask
 from polytask.tasks.multilabel import MultiLabelTask
@@ -15,7 +16,7 @@ from polytask.tasks.tagging import TaggingTask
 
 REGISTRY: dict[str, type[Task]] = {
     cls.type_name: cls for cls in (ClassificationTask, MultiLabelTask, RegressionTask, TaggingTask,
-                                   GenerationTask, ExtractiveQATask, SegmentationTask)
+                                   GenerationTask, ExtractiveQATask, SegmentationTask, DetectionTask)
 }
 
 

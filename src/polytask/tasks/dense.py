@@ -73,7 +73,7 @@ def sample_window(h: int, w: int, processor, gen: torch.Generator | None) -> Win
 
 def view_pixels(processor, image: np.ndarray, win: Window, gen: torch.Generator | None) -> Tensor:
     """uint8 (H, W, 3) -> the normalised view (3, size, size)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)  # (3, H, W)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)  # (3, H, W)
     x = x[:, win.top:win.top + win.h, win.left:win.left + win.w]
     x = F.interpolate(x[None], size=(win.size, win.size), mode="bilinear", antialias=True, align_corners=False)[0]
     if win.flip:
