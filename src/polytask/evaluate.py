@@ -58,7 +58,8 @@ def evaluate(model: MultiTaskModel, data: dict[str, TaskData], split: str, pad_i
              batch_size: int, predictions: dict | None = None, progress: bool = False,
              accelerator=None) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` on ``split`` for every task that has it; with a
-    ``predictions`` dict, also ``predictions[task] = {"predictions": [...], "references": [...]}``.
+    ``predictions`` dict, also ``predictions[task] = {"predictions": [...], "references": [...],
+    "inputs": [...]}`` (each example's input as :func:`shown_input` writes it).
 
     ``progress``: a progress bar over the split's batches (all tasks). ``accelerator`` with
     several processes: the batches are shared out and the predictions gathered (every process
@@ -82,9 +83,30 @@ def evaluate(model: MultiTaskModel, data: dict[str, TaskData], split: str, pad_i
         refs = [td.task.reference(e) for e in td.examples[split]]
         results[name] = td.task.metrics(preds, refs)
         if predictions is not None:
-            predictions[name] = {"predictions": preds, "references": refs}
+            predictions[name] = {"predictions": preds, "references": refs,
+                                 "inputs": [shown_input(td.task, e) for e in td.examples[split]]}
     bar.close()
     return results
+
+
+SHOWN_CHARS = 300  # an input's text is cut to this many characters in the saved predictions
+
+
+def shown_input(task: Task, example) -> str:
+    """An example's input as saved with its prediction (``predictions/<split>.json``, the report):
+    its text fields joined by `` || `` (a tagging task's words by spaces), cut to
+    :data:`SHOWN_CHARS`; an image's path, or for an image array where it was read (``file:row``)."""
+    parts = []
+    for f in (*task.input_fields, *task.optional_fields):
+        value = example.fields.get(f)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, (list, tuple)):
+            parts.append(" ".join(map(str, value)))
+        elif value is not None:  # an image array (an .npz row)
+            parts.append(example.source)
+    text = " || ".join(parts)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def lengths(feats: list[dict]) -> list[int]:

@@ -2,7 +2,9 @@
 plots are embedded as base64 PNG data URIs, the CSS is inline, tables are HTML).
 
 A run's page: training curves (:func:`polytask.report.training_figure`), dev (and test) metrics
-per task, task weights, and the gradient cosines as a heatmap over time. A compare folder's page
+per task, task weights, and the gradient cosines as a heatmap over time; sample errors with
+their inputs, and for image tasks a grid of sample predictions (thumbnails as data URIs, errors
+first). A compare folder's page
 is its ``report.md`` (per-task table, Delta-m, training and serving cost, plots) as HTML, with the
 plots it references embedded.
 """
@@ -28,6 +30,9 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px sol
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2em}
 p.note{color:#555;font-size:.9em}
+.grid{display:flex;flex-wrap:wrap;gap:.5em}.grid figure{margin:0;width:112px;font-size:.75em;text-align:center;
+border:2px solid #9c9;padding:3px}.grid figure.err{border-color:#d55}.grid figure.num{border-color:#bbb}.grid img{width:96px;height:96px;
+object-fit:contain;image-rendering:pixelated;border:0}
 """
 
 
@@ -125,7 +130,11 @@ def run_details(run) -> list[str]:
     for task, got in preds["dev"].items():
         if kinds.get(task) == "classification" and got.get("references"):
             body += [f"<h2 id=\"confusion-{html.escape(task)}\">{html.escape(task)}: confusion matrix and errors "
-                     "(dev)</h2>", *classification_details(got["predictions"], got["references"])]
+                     "(dev)</h2>", *classification_details(got["predictions"], got["references"], got.get("inputs"))]
+        if cfg is not None and cfg.model.kind == "vision" and got.get("inputs") and got.get("references"):
+            column = next(t.columns.get("image", "image") for t in cfg.tasks if t.name == task)
+            body += [f"<h2 id=\"samples-{html.escape(task)}\">{html.escape(task)}: sample predictions (dev)</h2>",
+                     *sample_grid(got, column)]
     if cfg is not None:
         body += ["<h2 id=\"config\">Resolved config</h2>",
                  f"<pre>{html.escape(yaml.safe_dump(to_dict(cfg), sort_keys=False))}</pre>"]
@@ -149,20 +158,82 @@ def data_table(train_sizes: dict, preds: dict) -> str:
     return table(["task", "train", "dev", "test", "dev labels"], rows)
 
 
-def classification_details(predictions: list, references: list, show: int = 5) -> list[str]:
-    """A confusion matrix (rows: true label, columns: predicted) and the first ``show`` errors."""
+def classification_details(predictions: list, references: list, inputs: list | None = None,
+                           show: int = 5) -> list[str]:
+    """A confusion matrix (rows: true label, columns: predicted) and the first ``show`` errors,
+    with their inputs when the saved predictions carry them (runs trained before they did: not)."""
     from sklearn.metrics import confusion_matrix
 
     labels = sorted(set(references) | set(predictions), key=str)
     matrix = confusion_matrix(references, predictions, labels=labels)
     rows = [[f"true {label}", *map(int, row)] for label, row in zip(labels, matrix)]
-    errors = [[i, ref, pred] for i, (ref, pred) in enumerate(zip(references, predictions)) if ref != pred]
+    errors = [[i, *([inputs[i]] if inputs else []), ref, pred]
+              for i, (ref, pred) in enumerate(zip(references, predictions)) if ref != pred]
     out = [table(["", *(f"predicted {label}" for label in labels)], rows)]
     if errors:
         out += [f"<p class=\"note\">{len(errors)} of {len(references)} dev examples wrong; the first "
                 f"{min(show, len(errors))} (by position in the dev file):</p>",
-                table(["dev example", "true", "predicted"], errors[:show])]
+                table(["dev example", *(["input"] if inputs else []), "true", "predicted"], errors[:show])]
     return out
+
+
+def sample_grid(got: dict, column: str, show: int = 24, side: int = 96) -> list[str]:
+    """Thumbnails of the first ``show`` dev images, errors first (red), each with its predicted
+    and true label; an ``.npz`` row (``file:row``) is read from the file's ``column`` array."""
+    preds, refs, inputs = got["predictions"], got["references"], got["inputs"]
+    numeric = all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in refs)
+    if numeric:  # regression: no right or wrong, the largest errors first
+        wrong, bad = [], set()
+        picked = sorted(range(len(refs)), key=lambda i: -abs(preds[i] - refs[i]))[:show]
+    else:
+        wrong = [i for i, (p, r) in enumerate(zip(preds, refs)) if _label(p) != _label(r)]
+        bad = set(wrong)
+        picked = wrong[:show] + [i for i in range(len(refs)) if i not in bad][: max(0, show - len(wrong))]
+    arrays: dict[str, object] = {}
+    figures = []
+    for i in picked:
+        png = thumbnail(inputs[i], column, side, arrays)
+        img = f"<img alt=\"{html.escape(inputs[i])}\" src=\"{data_uri(png)}\">" if png else "<em>(image not found)</em>"
+        figures.append(f"<figure class=\"{'err' if i in bad else 'num' if numeric else 'ok'}\" title=\"{html.escape(inputs[i])}\">{img}"
+                       f"<figcaption>#{i}: predicted <b>{html.escape(_label(preds[i]))}</b><br>"
+                       f"true {html.escape(_label(refs[i]))}</figcaption></figure>")
+    note = (f"<p class=\"note\">{len(wrong)} of {len(refs)} dev images wrong; {len(picked)} shown, errors first "
+            f"(red border), then correct ones (green), each by position in the dev data.</p>" if not numeric else
+            f"<p class=\"note\">The {len(picked)} dev images of {len(refs)} with the largest |predicted - true|, "
+            f"largest first.</p>")
+    return [note, f"<div class=\"grid\">{''.join(figures)}</div>"]
+
+
+def _label(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, sorted(value, key=str))) or "(none)"
+    return str(value)
+
+
+def thumbnail(source: str, column: str, side: int, arrays: dict) -> bytes | None:
+    """A PNG of at most ``side`` x ``side`` of an image file, or of row ``n`` of ``file.npz:n``
+    (``arrays`` caches each file's array); None when it cannot be read any more."""
+    import numpy as np
+    from PIL import Image
+
+    row = re.fullmatch(r"(.+\.npz):(\d+)", source)
+    try:
+        if row:
+            if row[1] not in arrays:
+                with np.load(row[1], allow_pickle=False) as z:
+                    arrays[row[1]] = z[column]
+            img = Image.fromarray(arrays[row[1]][int(row[2]) - 1]).convert("RGB")
+        else:
+            with Image.open(source) as opened:
+                img = opened.convert("RGB")
+        img.thumbnail((side, side))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
 
 def affinity_section(affinity: dict, pngs: dict[str, bytes]) -> list[str]:
