@@ -107,3 +107,112 @@ def test_int8_is_refused_without_a_quantized_engine(monkeypatch):
 def test_native_bf16_reason_names_the_device():
     ok, why = native_bf16("cpu")
     assert ("CPU has" in why) and (ok == ("neither" not in why))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: --precision fp32 | bf16 | int8 on a trained tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_backbone, tmp_path_factory):
+    from polytask.train import train
+
+    raw = tiny_config(tiny_backbone, tmp_path_factory.mktemp("precision"), max_steps=60, eval_every=60)
+    return train(from_dict(raw), progress=False)
+
+
+def dev_texts(n: int = 40) -> list[dict]:
+    from polytask.data.synthetic import synthetic_records
+
+    return [r.fields for r in synthetic_records("sentiment", "dev", n, seed=7)]
+
+
+def predicted(run, precision: str, inputs: list) -> tuple[dict, dict]:
+    from polytask.predict import Predictor
+
+    pred = Predictor.load(run, precision=precision)
+    assert pred.precision == precision
+    out = pred.predict_tasks(["sentiment", "topic", "entities"], inputs, scores=True)
+    return dict(out), out.scores
+
+
+# bf16 keeps 8 bits of mantissa (a relative rounding of 2^-8 per operation); int8 quantizes each
+# linear layer's weights and inputs to 8 bits (2^-7 of a tensor's range): both move a
+# probability of this 2-layer model by a few multiples of that at most.
+BOUND = {"bf16": 16 * 2.0 ** -8, "int8": 16 * 2.0 ** -7}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_bf16_and_int8_predict_the_fp32_labels(tiny_run, precision):
+    if precision == "bf16" and not native_bf16("cpu")[0]:
+        pytest.skip("this CPU has no native bf16 (--precision bf16 is refused here; tested below)")
+    inputs = [r["text"] for r in dev_texts()]
+    labels32, scores32 = predicted(tiny_run, "fp32", inputs)
+    labels, scores = predicted(tiny_run, precision, inputs)
+    for task in ("sentiment", "topic"):
+        p32 = torch.tensor([[s[k] for k in sorted(s)] for s in scores32[task]])
+        p = torch.tensor([[s[k] for k in sorted(s)] for s in scores[task]])
+        gap = (p - p32).abs().max().item()
+        assert 0 < gap <= BOUND[precision], (task, gap)  # really computed otherwise, and close
+        top2 = p32.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * gap  # no rounding of that size can swap these labels
+        same = [a == b for a, b in zip(labels[task], labels32[task])]
+        assert all(s for s, c in zip(same, clear.tolist()) if c) and sum(same) >= 0.9 * len(same), task
+    tags = [a == b for x, y in zip(labels["entities"], labels32["entities"]) for a, b in zip(x, y)]
+    assert sum(tags) >= 0.9 * len(tags)
+
+
+def test_int8_quantizes_every_linear_layer(tiny_run):
+    from polytask.predict import Predictor
+
+    model = Predictor.load(tiny_run, precision="int8").model
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert sum(isinstance(m, DynamicLinear) for m in model.modules()) >= 2 * 6  # 2 layers x 6 linear each, + heads
+
+
+def test_auto_follows_the_runs_training_precision(tiny_run, monkeypatch, tmp_path):
+    from polytask.predict import Predictor, evaluate_run
+
+    assert Predictor.load(tiny_run).precision == "fp32"  # trained with mixed_precision: no
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert evaluate_run(tiny_run)["metrics"] == summary["dev"]  # scored as training scored it
+    fake_cpu(monkeypatch, tmp_path, "avx2")
+    with pytest.raises(PolytaskError, match=r"--precision bf16: CPU has neither AMX nor AVX512_BF16"):
+        Predictor.load(tiny_run, precision="bf16")
+
+
+def test_cli_precision_option(tiny_run):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "polytask.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=300)
+
+    ok = cli("predict", tiny_run, "--task", "topic", "--text", "the chef burned the pasta", "--precision", "int8")
+    assert ok.returncode == 0, ok.stderr
+    from polytask.predict import Predictor
+
+    assert json.loads(ok.stdout)["topic"] in Predictor.load(tiny_run).tasks["topic"].labels
+    ev = cli("evaluate", tiny_run, "--precision", "int8")
+    assert ev.returncode == 0 and json.loads(ev.stdout)["precision"] == "int8", ev.stderr
+    bad = cli("evaluate", tiny_run, "--precision", "fp8")
+    assert bad.returncode == 2 and "--precision 'fp8': choose one of auto, fp32, bf16, int8" in bad.stderr
+
+
+def test_precision_benchmark_prints_the_parity_table(tiny_run, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "parity.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "precision.py"), str(tiny_run), "--repeats", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    assert rows["fp32"]["tasks"]["sentiment"]["identical"] == 1.0 and "int8" in rows
+    assert set(rows["int8"]["tasks"]) == {"sentiment", "topic", "similarity", "entities"}
+    assert "identical" in proc.stdout and "x fp32" in proc.stdout

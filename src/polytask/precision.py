@@ -135,6 +135,21 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
+def prepare_inference(model: torch.nn.Module, precision: str = "auto", trained: str = "no",
+                      kind: str = "encoder") -> str:
+    """Resolve ``--precision`` for a loaded model (``trained``: the run's ``train.mixed_precision``;
+    ``kind``: its ``model.kind``) and quantize it for int8; returns fp32, bf16 or int8. int8 is
+    refused for decoder LLM runs (their LoRA adapters wrap the layers it would replace)."""
+    device = next(iter(model.parameters()), torch.empty(0)).device.type
+    chosen = resolve_inference(precision, device, trained)
+    if chosen == "int8":
+        if kind == "causal_lm":
+            raise PolytaskError("--precision int8: not for decoder LLM runs (model.kind: causal_lm), whose LoRA "
+                                "adapters wrap the linear layers; use --precision bf16 or fp32")
+        quantize_int8(model)
+    return chosen
+
+
 def autocast(precision: str, device_type: str):
     """The context forward passes run in for an inference precision (bf16: autocast; else none)."""
     if precision == "bf16":
@@ -143,4 +158,5 @@ def autocast(precision: str, device_type: str):
 
 
 __all__ = ["INFERENCE_PRECISIONS", "MIXED_PRECISIONS", "autocast", "cpu_bf16_unit", "cpu_flags", "cuda_bf16",
-           "int8_engine", "native_bf16", "quantize_int8", "resolve_inference", "resolve_mixed_precision"]
+           "int8_engine", "native_bf16", "prepare_inference", "quantize_int8", "resolve_inference",
+           "resolve_mixed_precision"]

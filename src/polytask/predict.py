@@ -21,6 +21,7 @@ from polytask.dataset import bind_inputs, encode_all, prepare
 from polytask.devices import module_device, to_device
 from polytask.evaluate import evaluate, macro_score
 from polytask.model import MultiTaskModel, rebuild_model
+from polytask.precision import autocast, prepare_inference
 from polytask.registry import allowing_code, registered_only
 from polytask.run_folder import RunFolder
 from polytask.tasks import Task, build_task
@@ -40,8 +41,9 @@ class Predictor:
     distinct input where the architecture allows).
     """
 
-    def __init__(self, cfg, model, tasks, tokenizer, run: RunFolder):
+    def __init__(self, cfg, model, tasks, tokenizer, run: RunFolder, precision: str = "fp32"):
         self.cfg, self.model, self.tasks, self.tokenizer, self.run = cfg, model, tasks, tokenizer, run
+        self.precision = precision  # fp32, bf16 (autocast) or int8 (quantized linear layers): polytask.precision
 
     @property
     def run_dir(self) -> Path:
@@ -52,11 +54,13 @@ class Predictor:
         return pad_id(self.tokenizer)
 
     @classmethod
-    def load(cls, run_dir: str | Path, allow_code: bool = False) -> "Predictor":
+    def load(cls, run_dir: str | Path, allow_code: bool = False, precision: str = "auto") -> "Predictor":
         """Rebuild the trained model of ``run_dir`` (offline). A run folder may come from anywhere,
         so only registered components are built, and its tokenizer and backbone config never run
         their own code (``auto_map``), unless ``allow_code`` (see
-        :func:`polytask.registry.registered_only`, :func:`polytask.registry.allowing_code`)."""
+        :func:`polytask.registry.registered_only`, :func:`polytask.registry.allowing_code`).
+        ``precision``: fp32, bf16, int8, or auto (the run's training precision where this device
+        computes it natively, else fp32): :func:`polytask.precision.prepare_inference`."""
         run = RunFolder(run_dir)
         run.require_complete()
         cfg = run.read_config()
@@ -71,7 +75,8 @@ class Predictor:
                 task.load_vocab_state(vocab[name])
             model = rebuild_model(cfg, run, tasks)
             tokenizer = saved_processor(cfg.model, run.path / RunFolder.TOKENIZER) or run.load_tokenizer()
-        return cls(cfg, model, tasks, tokenizer, run)
+        chosen = prepare_inference(model, precision, cfg.train.mixed_precision, cfg.model.kind)
+        return cls(cfg, model, tasks, tokenizer, run, chosen)
 
     def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 64, *,
                 max_new_tokens: int | None = None) -> list:
@@ -163,7 +168,8 @@ class Predictor:
         parsed = self.parse_inputs(names, inputs, strict)
         self.model.eval()
         result = AllPredictions({name: [None] * parsed.n for name in names}, parsed.skipped)
-        with generation_length(self.tasks, names, max_new_tokens):
+        device = module_device(self.model).type
+        with generation_length(self.tasks, names, max_new_tokens), autocast(self.precision, device):
             feats = {name: self.tasks[name].encode([ex for _, ex in rows], self.tokenizer, self.cfg.model.max_length)
                      for name, rows in parsed.examples.items()}
             shared = {name: f for name, f in feats.items() if self.shares_encoder(name)}
@@ -337,13 +343,14 @@ def pad_rows(rows: list[dict], pad: int) -> dict[str, torch.Tensor]:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", overrides: list[str] | None = None,
-                 allow_code: bool = False) -> dict:
+                 allow_code: bool = False, precision: str = "auto") -> dict:
     """A trained run's metrics on its configured ``split`` data; ``overrides`` may move the data
-    (``data_dir=...``). The saved label vocabularies are used, not ones refit on today's files."""
+    (``data_dir=...``). The saved label vocabularies are used, not ones refit on today's files.
+    ``precision``: as for :meth:`Predictor.load` (auto: as the run's own dev evaluation was run)."""
     if split not in ("dev", "test", "train"):
         raise PolytaskError(f"--split {split!r}: the splits are dev, test and train (the names of data.dev, "
                             f"data.test and data.train in the config)")
-    pred = Predictor.load(run_dir, allow_code=allow_code)
+    pred = Predictor.load(run_dir, allow_code=allow_code, precision=precision)
     cfg = pred.run.read_config(overrides)
     data = prepare(cfg, splits=tuple(dict.fromkeys(("train", split))))
     for name, td in data.items():
@@ -351,7 +358,8 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", overrides: list[str] |
         if split != "train":
             td.examples.pop("train", None)
     encode_all(data, pred.tokenizer, cfg.model.max_length)
-    results = evaluate(pred.model, data, split, pred.pad_id, cfg.train.eval_batch_size)
+    with autocast(pred.precision, module_device(pred.model).type):
+        results = evaluate(pred.model, data, split, pred.pad_id, cfg.train.eval_batch_size)
     if not results:
         raise PolytaskError(f"no task of {run_dir} has {split} data (data.{split} in its config.yaml)")
-    return {"split": split, "metrics": results, "macro": macro_score(results, pred.tasks)}
+    return {"split": split, "metrics": results, "macro": macro_score(results, pred.tasks), "precision": pred.precision}
