@@ -166,6 +166,9 @@ class TrainConfig:
     # fsdp: parameters, gradients and optimizer state sharded over the processes (torch FSDP2
     # fully_shard per transformer block; docs/distributed.md, polytask.sharding); none: data parallel
     shard: Literal["none", "fsdp"] = "none"
+    # the backbone through torch.compile (encoder backbones, unsharded; the first steps compile it;
+    # a CPU needs a C++ compiler): polytask.steps.compile_backbone, docs/distributed.md
+    compile: bool = False
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, mlflow, wandb (docs/tracking.md)
 
 
@@ -490,6 +493,10 @@ def validate(cfg: Config, source: str) -> None:
     from polytask.sharding import check_config
 
     check_config(cfg.train, source)
+    if cfg.train.compile and (cfg.model.kind != "encoder" or cfg.train.shard != "none"):
+        raise ConfigError(f"{source}: train.compile: true is for encoder backbones trained unsharded (model.kind: "
+                          f"{cfg.model.kind}, train.shard: {cfg.train.shard} here); torch.compile is not supported "
+                          f"on this combination: set train.compile=false")
     if cfg.model.kind == "causal_lm" and cfg.model.backbone == "minilm":  # the encoder default: unset
         cfg.model.backbone = "smollm2"
 
