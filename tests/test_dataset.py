@@ -138,3 +138,20 @@ def test_the_same_problem_on_many_rows_is_one_line(tmp_path):
     assert "field 'label': missing column (available: class, text) (3000 rows: lines 1, 2, 3, ...)" in lines[1]
     assert "has no training examples" in lines[2]
     assert len(lines) == 4 and "data.on_invalid: skip" in lines[3]  # the hint, once, after the problems
+
+
+def test_a_file_split_by_slices_feeds_dev_and_test(tmp_path):
+    """``dev: f[:a]``, ``test: f[a:b]``: disjoint parts of one file (SQuAD has no test set), with
+    max_eval applied within the slice and lines kept from the whole file."""
+    rows = [json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) for i in range(10)]
+    write(tmp_path / "all.jsonl", rows)
+    cfg = from_dict({"data_dir": str(tmp_path), "tasks": [
+        {"name": "cls", "type": "classification",
+         "data": {"train": "all.jsonl[:6]", "dev": "all.jsonl[6:8]", "test": "all.jsonl[8:]", "max_eval": 1}}]})
+    td = prepare(cfg)["cls"]
+    texts = {s: [e.fields["text"] for e in td.examples[s]] for s in ("train", "dev", "test")}
+    assert texts == {"train": [f"t{i}" for i in range(6)], "dev": ["t6"], "test": ["t8"]}
+    assert td.examples["test"][0].source.endswith("all.jsonl:9")
+    cfg.tasks[0].data.dev = "missing.jsonl[:3]"
+    with pytest.raises(DataError, match=r"missing.jsonl: file not found, configured at tasks\[cls\].data.dev"):
+        prepare(cfg)

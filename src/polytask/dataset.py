@@ -8,6 +8,7 @@ path without a model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +31,28 @@ class TaskData:
     skipped: dict[str, list[DataProblem]] = field(default_factory=dict)  # invalid rows dropped (on_invalid: skip)
 
 
+SLICE = re.compile(r"^(?P<path>.+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+
+
+def split_slice(value: str) -> tuple[str, slice | None]:
+    """``file[a:b]`` (the Hugging Face datasets split-slicing convention, in examples): the file
+    and the slice of its examples; a plain path: the path and None. E.g. SQuAD publishes no test
+    set: ``dev: squad/dev.json[:5000]`` and ``test: squad/dev.json[5000:]`` split its dev set."""
+    m = SLICE.match(value)
+    if not m:
+        return value, None
+    start, stop = (int(x) if x else None for x in (m["start"], m["stop"]))
+    return m["path"], slice(start, stop)
+
+
 def resolve_path(cfg: Config, task: TaskConfig, split: str) -> str | None:
     value = getattr(task.data, split)
     if value is None or task.data.format in ("hf", "synthetic"):
         return value
+    value, part = split_slice(value)
     path = Path(value).expanduser()
-    return str(path if path.is_absolute() else Path(cfg.data_dir) / path)
+    path = str(path if path.is_absolute() else Path(cfg.data_dir) / path)
+    return path if part is None else f"{path}[{part.start or ''}:{part.stop or ''}]"
 
 
 def read_split(cfg: Config, tc: TaskConfig, split: str) -> tuple[list[Record], list[DataProblem]]:
@@ -52,14 +69,19 @@ def read_split(cfg: Config, tc: TaskConfig, split: str) -> tuple[list[Record], l
             files = {k: str(Path(cfg.data_dir) / v) if not Path(v).is_absolute() else v for k, v in files.items()}
         return read_records(tc.data.dataset or "", "hf", split=where, config_name=tc.data.hf_config,
                             data_files=files, max_examples=limit)
+    where, part = split_slice(where)
     if not Path(where).exists():
         origin = f"tasks[{tc.name}].data.{split}"
-        hint = f" (relative to data_dir={cfg.data_dir!r})" if not Path(getattr(tc.data, split)).is_absolute() else ""
+        hint = f" (relative to data_dir={cfg.data_dir!r})" if not Path(split_slice(getattr(tc.data, split))[0]).is_absolute() else ""
         return [], [DataProblem(where, None, None, f"file not found, configured at {origin}{hint}")]
-    return read_records(
-        where, tc.data.format, max_examples=limit, delimiter=tc.data.delimiter,
+    read_limit = limit if part is None else (None if part.stop is None else part.stop)
+    records, problems = read_records(
+        where, tc.data.format, max_examples=read_limit, delimiter=tc.data.delimiter,
         tag_column=tc.data.tag_column, encoding=tc.data.encoding,
     )
+    if part is not None:
+        records = records[part][:limit] if limit else records[part]
+    return records, problems
 
 
 def prepare(cfg: Config, splits: tuple[str, ...] = SPLITS) -> dict[str, TaskData]:
