@@ -28,7 +28,9 @@ questions/s >= 1.3x the reference's.
     python benchmarks/qa_squad.py --data-dir ../shared/data                    # the full benchmark
     python benchmarks/qa_squad.py --data-dir ../shared/data --max-train 64 --max-eval 32   # smoke test
 
-Add ``--json out.json`` to save the numbers.
+Both sides train in fp32 by default; ``--precision bf16`` puts both under bf16 autocast (the
+Trainer's ``bf16=True``; polytask's ``train.mixed_precision: bf16``). Add ``--json out.json`` to
+save the numbers.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-answer-length", type=int, default=30)
     p.add_argument("--n-best", type=int, default=20)
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="both sides: fp32, or bf16 autocast (Trainer bf16=True; polytask train.mixed_precision bf16)")
     p.add_argument("--only", choices=["reference", "polytask"], default=None, help="run one side only")
     p.add_argument("--json", default=None, help="save the numbers here")
     return p.parse_args(argv)
@@ -149,7 +153,8 @@ def run_reference(train: list[dict], dev: list[dict], args, out_dir: Path) -> di
                               per_device_eval_batch_size=args.eval_batch_size, learning_rate=args.lr,
                               num_train_epochs=args.epochs, warmup_steps=args.warmup_ratio,  # a float: a ratio
                               weight_decay=args.weight_decay, seed=args.seed, save_strategy="no", report_to=[],
-                              logging_steps=50, disable_tqdm=True, use_cpu=not _cuda())
+                              logging_steps=50, disable_tqdm=True, use_cpu=not _cuda(),
+                              bf16=args.precision == "bf16")
     trainer = Trainer(model=model, args=targs, train_dataset=feats)
     result = trainer.train()
     enc = tokenize(tok, dev, args)
@@ -162,7 +167,7 @@ def run_reference(train: list[dict], dev: list[dict], args, out_dir: Path) -> di
     answers = postprocess(enc, start_logits, end_logits, dev, args)
     scores = squad_scores(answers, [[a["text"] for a in r["answers"]] for r in dev])
     seconds = float(result.metrics["train_runtime"])
-    return {"side": "reference", "train_seconds": seconds, "questions": len(train), "windows": len(feats),
+    return {"side": f"reference ({args.precision})", "train_seconds": seconds, "questions": len(train), "windows": len(feats),
             "questions_per_s": len(train) * args.epochs / seconds, "windows_per_s": len(feats) * args.epochs / seconds,
             "dev_questions_per_s": len(dev) / predict_seconds, **scores}
 
@@ -178,7 +183,8 @@ def polytask_config(args, out_dir: Path, n_train: int) -> dict:
             "seed": args.seed, "model": {"backbone": args.backbone, "max_length": args.max_length}, "tasks": [task],
             "train": {"max_steps": steps, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
                       "lr": args.lr, "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
-                      "eval_every": steps, "log_every": max(1, min(50, steps)), "schedule": "linear"}}
+                      "eval_every": steps, "log_every": max(1, min(50, steps)), "schedule": "linear",
+                      "mixed_precision": "bf16" if args.precision == "bf16" else "no"}}
 
 
 def run_polytask(train: list[dict], dev: list[dict], args, out_dir: Path) -> dict:
@@ -203,7 +209,7 @@ def run_polytask(train: list[dict], dev: list[dict], args, out_dir: Path) -> dic
     scores = squad_scores(answers, [[a["text"] for a in r["answers"]] for r in dev])
     seen = events[-1]["examples"]["squad"]
     windows = sum(len(f["sizes"]) for f in _features(pred, train, args))
-    return {"side": "polytask", "train_seconds": seconds, "questions": len(train), "windows": windows,
+    return {"side": f"polytask ({args.precision})", "train_seconds": seconds, "questions": len(train), "windows": windows,
             "questions_per_s": seen / seconds, "windows_per_s": windows * seen / len(train) / seconds,
             "dev_questions_per_s": len(dev) / predict_seconds, "logged_dev": summary["dev"]["squad"], **scores}
 
@@ -229,7 +235,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['side']} | {100 * r['exact_match']:.2f} | {100 * r['f1']:.2f} | "
                      f"{r['questions_per_s']:.2f} | {r['windows_per_s']:.2f} | {r['train_seconds']:.1f} | "
                      f"{r['dev_questions_per_s']:.1f} |")
-    sides = {r["side"]: r for r in rows}
+    sides = {r["side"].split(" ")[0]: r for r in rows}
     if len(sides) == 2:
         ref, ours = sides["reference"], sides["polytask"]
         speed = ours["questions_per_s"] / ref["questions_per_s"]
@@ -247,7 +253,8 @@ def main(argv=None) -> None:
     train = load_questions(squad / "train.json", args.max_train)
     dev = load_questions(squad / "dev.json", args.max_eval)
     print(f"{len(train)} training questions, {len(dev)} dev questions, {args.epochs:g} epochs, batch "
-          f"{args.batch_size}, max_length {args.max_length}, doc_stride {args.doc_stride}", file=sys.stderr)
+          f"{args.batch_size}, max_length {args.max_length}, doc_stride {args.doc_stride}, {args.precision}",
+          file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "reference"):
