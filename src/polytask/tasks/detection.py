@@ -99,6 +99,15 @@ class DetectionTask(DenseTask):
     def check_eval(self, example: Example) -> str | None:
         return self.unknown_message() if any(o["label"] not in self.labels for o in example.fields["boxes"]) else None
 
+    def data_summary(self, examples: list[Example], features: list[dict] | None = None) -> str:
+        counts = {label: 0 for label in self.labels}
+        for e in examples:
+            for o in e.fields["boxes"]:
+                counts[o["label"]] = counts.get(o["label"], 0) + 1
+        empty = sum(1 for e in examples if not e.fields["boxes"])
+        shown = ", ".join(f"{k} ({v})" for k, v in counts.items())
+        return f"{sum(counts.values())} boxes in {len(examples)} images ({empty} without boxes), classes: {shown}"
+
     def vocab_state(self) -> dict:
         return {"labels": self.labels}
 

@@ -101,6 +101,11 @@ class SegmentationTask(DenseTask):
         unknown = [v for v in example.fields["mask_values"] if v not in self.values and v != self.cfg.ignore_index]
         return self.unknown_message(unknown) if unknown else None
 
+    def data_summary(self, examples: list[Example], features: list[dict] | None = None) -> str:
+        names = ", ".join(f"{self.labels[i]} ({v})" for v, i in self.values.items())
+        ignore = f", ignored value {self.cfg.ignore_index}" if self.cfg.ignore_index is not None else ""
+        return f"{len(examples)} masks, classes (mask value): {names}{ignore}"
+
     def vocab_state(self) -> dict:
         return {"labels": self.labels, "values": [[k, v] for k, v in self.values.items()]}
 
