@@ -190,9 +190,8 @@ def test_processor_defaults_come_from_the_backbone_unless_overridden():
 # -- what check refuses ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change, message", [
-    ({"architecture": {"name": "cross_stitch"}}, "cross_stitch cannot be used with model.kind=vision"),
     ({"architecture": {"name": "soft"}}, "has no version for a vision backbone"),
-    ({"architecture": {"name": "adapters"}}, "on images use hard, mtan, mmoe or ple"),
+    ({"architecture": {"name": "adapters"}}, "on images use hard, mtan, cross_stitch, mmoe or ple"),
 ])
 def test_check_refuses_architectures_without_an_image_version(image_data, tiny_cnn, change, message):
     with pytest.raises(ConfigError, match=message):

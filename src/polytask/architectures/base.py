@@ -78,7 +78,7 @@ class Architecture(nn.Module):
         Default: token-state backbones only; an architecture that works on images says so."""
         if io.consumes == PIXELS:
             return (f"it shares transformer blocks over token states and has no version for {io.describe}; "
-                    f"on images use hard, mtan, mmoe or ple")
+                    f"on images use hard, mtan, cross_stitch, mmoe or ple")
         return None
 
     @classmethod

@@ -20,6 +20,10 @@ Arguments (``architecture: {name: cross_stitch, args: {...}}``):
 Ownership: task t owns its tower and row t of every ``A_l`` (how tower t reads the others);
 with off-diagonal mixing, task t's loss also depends on the other towers, which are still
 reported as theirs. Shared: embeddings and the blocks below the towers.
+
+On a vision backbone (``model.kind: vision``) the same name builds
+:class:`polytask.architectures.cross_stitch_conv.ConvCrossStitch`: per-task conv towers over the
+CNN's last feature map, mixed by cross-stitch units.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import Tensor, nn
 
 from polytask.architectures._towers import TowerArchitecture
 from polytask.architectures.base import Features
+from polytask.backbones.io import PIXELS, TOKENS
 from polytask.backbones.layout import hidden_size
 
 
@@ -66,3 +71,17 @@ class CrossStitch(TowerArchitecture):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return super().task_parameters(task) + [self.stitch[task]]
+
+    @classmethod
+    def refuses(cls, io) -> str | None:
+        return None if io.consumes == TOKENS or "pyramid" in io.produces else \
+            "it mixes per-task towers, and this backbone has no pyramid of feature maps"
+
+    @classmethod
+    def variant_for(cls, io) -> type:
+        """On a CNN: conv towers over its last map (:class:`polytask.architectures.cross_stitch_conv.ConvCrossStitch`)."""
+        if io.consumes == PIXELS:
+            from polytask.architectures.cross_stitch_conv import ConvCrossStitch
+
+            return ConvCrossStitch
+        return cls
