@@ -159,6 +159,10 @@ class TrainConfig:
     # micro-steps' batches collated ahead on a background thread (pinned on CUDA) while a step
     # computes; 0: each batch is collated when its step needs it. Never changes what is trained.
     prefetch: int = 2
+    # processes that do the per-item work of the batches the prefetch thread makes (and of
+    # evaluation): image decoding and augmentation (docs/vision.md); 0: on the thread itself.
+    # Never changes what is trained (an item's result does not depend on where it is made).
+    workers: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: what Accelerate picks (CUDA, MPS, else CPU)
     # autocast through Accelerate; fp16 adds a gradient scaler; auto: bf16 where the device computes
     # it natively (CUDA with bf16, CPUs with AMX or AVX512_BF16; printed at start), else no (float32)
@@ -513,7 +517,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
         "train.cosine_every": (t.cosine_every, 0), "train.checkpoint_every": (t.checkpoint_every, 1),
         "train.keep_checkpoints": (t.keep_checkpoints, 1), "train.max_skips": (t.max_skips, 0),
         "train.skip_window": (t.skip_window, 1), "train.num_threads": (t.num_threads, 1),
-        "train.prefetch": (t.prefetch, 0),
+        "train.prefetch": (t.prefetch, 0), "train.workers": (t.workers, 0),
     }
     for i, task in enumerate(cfg.tasks):
         at_least.update({f"tasks[{i}].max_new_tokens": (task.max_new_tokens, 1),

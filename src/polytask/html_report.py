@@ -124,7 +124,9 @@ def run_details(run) -> list[str]:
     body = ["<h2 id=\"run\">How this run was made</h2>",
             f"<p>command: <code>{html.escape(' '.join([_program(sys.argv[0]), *sys.argv[1:]]))}</code><br>"
             f"training wall time: {_cell(summary.get('train_seconds'))} s for {_cell(summary.get('steps'))} steps "
-            f"(best step {_cell(summary.get('best_step'))})</p>",
+            f"(best step {_cell(summary.get('best_step'))})"
+            + (f"; waiting for data: {summary['data_wait_seconds']:.3g} s ({100 * summary['data_wait_share']:.1f}%)"
+               if "data_wait_share" in summary else "") + "</p>",
             "<h2 id=\"data\">Data</h2>", data_table(start.get("train_sizes") or {}, preds)]
     kinds = {t.name: t.type for t in cfg.tasks} if cfg else {}
     for task, got in preds["dev"].items():

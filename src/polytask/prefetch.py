@@ -16,14 +16,23 @@ copy ran ahead of a sequence that did not happen) the batch is made on the main 
 copy is restarted from the real draws. The results are therefore bit-identical to
 ``prefetch: 0`` (``tests/test_prefetch.py``).
 
+With ``train.workers`` > 0, :func:`worker_pool` starts that many processes for the run's loop
+and the collation the thread (or an evaluation) runs maps its per-item work over them
+(:func:`parallel_map`: image decoding and augmentation, ``polytask.preprocess``); an item's
+result is a pure function of the item, so the batches are the same as without workers.
+
 Limits: one thread (Python collation holds the GIL, so the overlap is with torch's own work,
-which releases it); an exception on the thread is raised again on the main thread, with its
+which releases it; worker processes take the per-item work off it); an exception on the thread is raised again on the main thread, with its
 original traceback, when the batch it was making is asked for; the thread stops (and is joined)
 when the trainer's loop ends, however it ends.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -197,4 +206,53 @@ class Lookahead:
         self.close()
 
 
-__all__ = ["Lookahead", "PrefetchError", "Prefetcher", "pin", "pins_memory", "upcoming"]
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None  # the loop's worker processes, while it runs
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """``workers`` processes for :func:`parallel_map` while the block runs (0: none, the work
+    stays in the calling thread). Forked, so they see the parent's data and modules; started
+    here, on the calling thread, before any prefetch thread runs; each exits when its parent
+    does (a SIGKILLed trainer leaves no worker behind); shut down when the block ends."""
+    global _POOL
+    if workers < 1:
+        yield None
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                  initializer=_start_worker, initargs=(os.getpid(),))
+    try:
+        list(pool.map(_ready, range(workers)))  # every worker forked now, not later from another thread
+        _POOL = pool
+        yield pool
+    finally:
+        _POOL = None
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_worker(parent: int) -> None:
+    torch.set_num_threads(1)  # the workers share the CPUs with the training step
+
+    def watch() -> None:  # orphaned (the trainer was killed): exit instead of waiting forever
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _ready(_: int) -> int:
+    time.sleep(0.05)  # long enough that one worker cannot take every warm-up item
+    return os.getpid()
+
+
+def parallel_map(function: Callable[[Any], Any], items: list) -> list:
+    """``[function(x) for x in items]``, on the :func:`worker_pool` processes when a pool is
+    active (``function`` and the items must pickle), else here."""
+    pool = _POOL
+    if pool is None or len(items) < 2:
+        return [function(x) for x in items]
+    return list(pool.map(function, items, chunksize=max(1, len(items) // (2 * pool._max_workers))))
+
+
+__all__ = ["Lookahead", "PrefetchError", "Prefetcher", "parallel_map", "pin", "pins_memory", "upcoming", "worker_pool"]

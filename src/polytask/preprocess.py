@@ -32,6 +32,7 @@ from torch import Tensor
 
 from polytask.backbones.io import PIXELS
 from polytask.data.images import check_array, check_image, load_rgb, resolve_image
+from polytask.prefetch import parallel_map
 
 PROCESSOR_FILE = "polytask_image.json"
 
@@ -165,10 +166,17 @@ class ImageInput:
                 for i, ex in enumerate(examples)]
 
     def collate(self, feats: list[dict]) -> dict[str, Tensor]:
+        """Decode and preprocess every image (on the ``train.workers`` processes while a training
+        loop runs them, else here); item k of an augmented batch draws from its own generator,
+        seeded by the batch's indices and k, so where it is made never changes it."""
         p = feats[0]["processor"]
         seed = batch_seed([f["index"] for f in feats]) if feats[0]["augment"] else None
-        pixels = []
-        for k, f in enumerate(feats):
-            gen = None if seed is None else torch.Generator().manual_seed(seed * 4099 + k)
-            pixels.append(p.pixels(load_rgb(f["image"], draft=p.size), gen))
-        return {"pixel_values": torch.stack(pixels)}  # (B, 3, size, size)
+        jobs = [(f["image"], p, None if seed is None else seed * 4099 + k) for k, f in enumerate(feats)]
+        return {"pixel_values": torch.stack(parallel_map(preprocess_one, jobs))}  # (B, 3, size, size)
+
+
+def preprocess_one(job: tuple) -> Tensor:
+    """One image ``(path or array, processor, generator seed or None)`` -> (3, size, size)."""
+    image, processor, seed = job
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    return processor.pixels(load_rgb(image, draft=processor.size), gen)

@@ -52,7 +52,7 @@ from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines
 from polytask.model import MultiTaskModel, build_model
 from polytask.precision import autocast
-from polytask.prefetch import Lookahead, pins_memory
+from polytask.prefetch import Lookahead, pins_memory, worker_pool
 from polytask.registry import allowing_code, registered_only
 from polytask.html_report import write_run_report
 from polytask.interrupts import StopFlag
@@ -85,6 +85,7 @@ class LoopState:
     skipped_steps: list[int] = field(default_factory=list)
     running: dict[str, float] = field(default_factory=dict)
     elapsed: float = 0.0
+    data_wait: float = 0.0  # seconds of elapsed the loop waited for its batches (Lookahead.waited)
 
     def update_loss(self, task: str, loss: float, beta: float = 0.9) -> None:
         prev = self.running.get(task)
@@ -268,7 +269,7 @@ def claim(run: RunFolder, overwrite: bool) -> None:
 RESUME_CHANGEABLE = frozenset({
     "name", "output_dir", "data_dir", "train.max_steps", "train.eval_every", "train.early_stopping",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_threads",
-    "train.cosine_every", "train.eval_batch_size", "train.device", "train.prefetch",
+    "train.cosine_every", "train.eval_batch_size", "train.device", "train.prefetch", "train.workers",
 })
 
 
@@ -377,11 +378,12 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
     t = s.cfg.train
     bar = tqdm(total=t.max_steps, initial=state.step, desc="train", disable=not progress or not s.main,
                dynamic_ncols=True)
-    started = time.perf_counter() - state.elapsed
-    with StopFlag() as stop, feeding(s, state.step):
+    started, waited = time.perf_counter() - state.elapsed, state.data_wait
+    with StopFlag() as stop, feeding(s, state.step) as feed:
         while state.step < t.max_steps:
             outcome = train_step(s, state)
             state.step += 1
+            state.data_wait = waited + feed.waited
             if outcome.fault is not None:
                 handle_fault(s, state, outcome.fault, bar)
             bar.update(1)
@@ -409,13 +411,14 @@ def run_loop(s: Session, state: LoopState, progress: bool) -> LoopState:
 @contextlib.contextmanager
 def feeding(s: Session, step: int):
     """``s.feed`` for the loop from ``step`` on: ``train.prefetch`` micro-steps' batches made
-    ahead on a thread (pinned on CUDA), stopped and joined when the loop ends, however it ends."""
+    ahead on a thread (pinned on CUDA), their per-item work on ``train.workers`` processes;
+    stopped and joined when the loop ends, however it ends."""
     t = s.cfg.train
     pinned = pins_memory(s.device, t.prefetch)
     s.feed = Lookahead(lambda indices: local_batches(s, indices, pinned), lambda: fork_draws(s.draws),
                        t.prefetch, t.grad_accum, t.max_steps)
     try:
-        with s.feed.start(step):
+        with worker_pool(t.workers), s.feed.start(step):  # the workers fork before the thread starts
             yield s.feed
     finally:
         s.feed = None
@@ -433,6 +436,7 @@ def finish(s: Session, state: LoopState) -> None:
     s.accelerator.wait_for_everyone()  # the main process has written the best weights
     s.run.load_best(weights_view(s.model))
     summary = {"best_step": state.best_step, "train_seconds": state.elapsed, "steps": state.step,
+               "data_wait_seconds": state.data_wait, "data_wait_share": state.data_wait / max(state.elapsed, 1e-9),
                "skipped_batches": len(state.skipped_steps), "params": s.model.describe()}
     for split in ("dev", "test"):  # dev: the best step's own evaluation, unless it was before a --resume
         scored = split == "dev" and s.best_dev is not None and s.best_dev[0] == state.best_step
