@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
 from transformers import get_scheduler
 
 from polytask.config import Config
+from polytask.errors import ConfigError
 from polytask.devices import global_losses, process_mean, to_device
 from polytask.gradients import task_gram
 from polytask.model import MultiTaskModel
@@ -59,6 +62,20 @@ def adamw_kernel(groups: list[dict], lr: float, kernel: str) -> torch.optim.Adam
         except (RuntimeError, ValueError):
             pass
     return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def compile_backbone(model: MultiTaskModel, t, device: torch.device) -> None:
+    """``train.compile: true``: the backbone through ``torch.compile`` (in place, ``dynamic=True``
+    for the varying padded lengths: the weights, their names in the run folder and the
+    optimizer's parameters stay the same). The first steps, and the first evaluation (eval mode
+    is another graph), take longer while it compiles. Only encoder backbones, unsharded
+    (:func:`polytask.config.validate` refuses the others). Inductor needs a C++ compiler on a CPU."""
+    if not t.compile:
+        return
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+        raise ConfigError("train.compile: torch.compile's CPU code generator needs a C++ compiler (g++ or clang++) "
+                          "on PATH, and none was found; install one or set train.compile=false")
+    model.arch.backbone.compile(dynamic=True)
 
 
 def make_scheduler(t, optimizer: torch.optim.Optimizer):

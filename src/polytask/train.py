@@ -58,7 +58,8 @@ from polytask.html_report import write_run_report
 from polytask.interrupts import StopFlag
 from polytask.report import plot_training
 from polytask.run_folder import RunFolder
-from polytask.steps import forward_backward, make_optimizer, make_scheduler, probe_due, probe_gram, train_batch
+from polytask.steps import (compile_backbone, forward_backward, make_optimizer, make_scheduler, probe_due, probe_gram,
+                            train_batch)
 from polytask.sharding import (clip_grad_norm, full_optimizer_state, is_shard, is_sharded, load_optimizer_state,
                                maybe_shard, unsharded, weights_view)
 from polytask.sampling import build_sampler
@@ -316,6 +317,7 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     accelerator = make_accelerator(t.device, t.mixed_precision)
     model = build_model(cfg, backbone, tasks).to(accelerator.device)  # the same on every process
     maybe_shard(model, backbone, t, accelerator)  # train.shard: fsdp (polytask.sharding)
+    compile_backbone(model, t, accelerator.device)  # train.compile
     if accelerator.process_index:  # other dropout masks on the other processes' examples
         torch.manual_seed(cfg.seed + 7919 * accelerator.process_index)
     lengths = {n: [feature_length(f) for f in data[n].features["train"]] for n in tasks}
