@@ -40,7 +40,7 @@ from throughput import WAITING, _with_steps, run_polytask, task_order  # noqa: E
 class PlainImageLoop:
     """The tutorial loop: a DataLoader per task with worker processes, AdamW, one step per batch."""
 
-    def __init__(self, cfg, workers: int):
+    def __init__(self, cfg, workers: int, bf16: bool):
         import torch
 
         from polytask.backbones import load_backbone
@@ -63,6 +63,7 @@ class PlainImageLoop:
         self.iters = {n: iter(loader) for n, loader in self.loaders.items()}
         t = cfg.train
         self.clip = t.grad_clip or float("inf")
+        self.bf16 = bf16
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
     def next_batch(self, name: str) -> dict:
@@ -83,8 +84,10 @@ class PlainImageLoop:
             asked = time.perf_counter()
             batch = self.next_batch(name)
             waited += time.perf_counter() - asked
-            out, _ = self.model(batch, name)
-            self.tasks[name].loss(out, batch).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out, _ = self.model(batch, name)
+                loss = self.tasks[name].loss(out, batch)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.optimizer.step()
             self.optimizer.zero_grad()
@@ -130,19 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     ap.add_argument("--plain-workers", type=int, default=2, help="DataLoader worker processes of the plain loop")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both loops: fp32, or bf16 autocast (polytask: train.mixed_precision)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     import torch
 
     cfg = load_config(args.config, args.data_dir, args.batch_size)
+    cfg.train.mixed_precision = "bf16" if args.precision == "bf16" else "no"
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    print(f"{args.config.name}: backbone {cfg.model.backbone}, batch {cfg.train.batch_size}, {args.warmup} warm-up "
+    print(f"{args.config.name}: backbone {cfg.model.backbone}, batch {cfg.train.batch_size}, {args.precision}, "
+          f"{args.warmup} warm-up "
           f"+ {args.steps} measured steps each; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     order = task_order(_with_steps(cfg, args.warmup + args.steps), args.warmup + args.steps)
-    plain_loop = PlainImageLoop(cfg, args.plain_workers)
+    plain_loop = PlainImageLoop(cfg, args.plain_workers, args.precision == "bf16")
     plain_loop.run(order[: args.warmup])
     half = args.warmup + args.steps // 2
     first = plain_loop.run(order[args.warmup: half])
