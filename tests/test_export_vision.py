@@ -142,3 +142,26 @@ def test_efficientnet_lite0_run_exports_onnx_and_its_encoder_state(data, tmp_pat
     backbone = Predictor.load(run_dir).model.arch.backbone.eval()
     with torch.no_grad():
         assert torch.equal(net.eval().extract_features(x), backbone(x).maps[-1])
+
+
+def test_a_vision_transformer_run_exports_onnx_and_its_automodel_folder(data, tmp_path):
+    """A ViT (token states, no pyramid): the ONNX graph passes its parity check; the encoder folder
+    loads as the card says (without a pooler) and gives the run's token states."""
+    from transformers import AutoModel, ViTConfig, ViTModel
+
+    from polytask.export import export_hf, export_onnx
+    from polytask.predict import Predictor
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    image_size=16, patch_size=8)
+    ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    run_dir = train_run(data, str(tmp_path / "vit"), "hard", "vit")
+    assert_onnx_matches(run_dir, export_onnx(run_dir, tmp_path / "onnx"), data)
+    out = export_hf(run_dir, tmp_path / "hf")
+    assert 'AutoModel.from_pretrained("encoder", add_pooling_layer=False)' in (out / "README.md").read_text()
+    loaded = AutoModel.from_pretrained(out / "encoder", add_pooling_layer=False).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = Predictor.load(run_dir).model.arch.backbone.eval()(x).last_hidden_state
+        assert loaded.pooler is None and torch.equal(loaded(pixel_values=x).last_hidden_state, ours)

@@ -113,15 +113,21 @@ def export_image_hf(pred, out_dir: Path) -> dict:
            "(every head) or polytask predict / serve")
     return {"run_dir": str(pred.run_dir), "kind": "vision", "encoder": "encoder", **entry, "tasks": {},
             "not_exported": {n: why for n in pred.tasks}, "preprocessing": preprocessing(pred.tokenizer),
-            "usage": usage(pred.model.arch.backbone.config)}
+            "usage": usage(pred.model.arch.backbone)}
 
 
-def usage(config) -> list[str]:
+def usage(backbone) -> list[str]:
     """The model card's "Use" section for an image run's encoder folder."""
+    import inspect
+
+    config = backbone.config
     if config.family == "hf":
+        # a ViT was trained without its pooler: load it so, not with a random one
+        extra = ", add_pooling_layer=False" if config.hf_class == "AutoModel" and "add_pooling_layer" in \
+            inspect.signature(type(backbone.net).__init__).parameters else ""
         code = ["from transformers import AutoImageProcessor, " + ("AutoBackbone" if config.hf_class == "AutoBackbone"
                                                                   else "AutoModel"),
-                "", f'encoder = {config.hf_class}.from_pretrained("encoder")',
+                "", f'encoder = {config.hf_class}.from_pretrained("encoder"{extra})',
                 'processor = AutoImageProcessor.from_pretrained("encoder")']
     else:
         code = ["from efficientnet_lite_pytorch import EfficientNet", "from safetensors.torch import load_file", "",
