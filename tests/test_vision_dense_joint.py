@@ -131,8 +131,8 @@ def test_every_weighting_method_trains_the_dense_mix(dense_data, tiny_cnn, metho
 
 
 def test_sigkill_then_resume_is_exact_with_dense_tasks(dense_data, tiny_cnn):
-    """A CLI run of the three tasks (MTAN, crops and flips on the prefetch thread) killed after a
-    checkpoint and resumed equals the uninterrupted run, to the bit."""
+    """A CLI run of the three tasks (MTAN; crops, flips and jitter on 2 worker processes) killed
+    after a checkpoint and resumed equals the uninterrupted run without workers, to the bit."""
     import signal
     import subprocess
     import sys
@@ -151,9 +151,9 @@ def test_sigkill_then_resume_is_exact_with_dense_tasks(dense_data, tiny_cnn):
     cfg = config(dense_data, tiny_cnn, "mtan", "equal", max_steps=40, eval_every=20, checkpoint_every=10, prefetch=3)
     cfg["model"]["image"].update(flip=True, jitter=0.3, crop_scale=[0.5, 1.0])
     paths = {}
-    for name in ("ref", "killed"):
+    for name, workers in (("ref", 0), ("killed", 2)):  # the killed run decodes on 2 worker processes
         paths[name] = dense_data / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(dict(cfg, name=name)))
+        paths[name].write_text(yaml.safe_dump(dict(cfg, name=name, train=dict(cfg["train"], workers=workers))))
     ref = start([paths["ref"]])
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
     proc, run_dir = start([paths["killed"]]), dense_data / "runs" / "killed"
@@ -167,3 +167,20 @@ def test_sigkill_then_resume_is_exact_with_dense_tasks(dense_data, tiny_cnn):
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert trajectory(run_dir) == trajectory(dense_data / "runs" / "ref")
+
+
+def test_dense_batches_are_the_same_on_worker_processes(dense_data, tiny_cnn):
+    """Augmented segmentation and detection batches made on the worker pool equal those made here."""
+    from polytask.dataset import encode_all, prepare
+    from polytask.preprocess import ImageProcessor
+    from polytask.prefetch import worker_pool
+
+    data = prepare(from_dict(config(dense_data, tiny_cnn)))
+    encode_all(data, ImageProcessor(size=32, crop_scale=[0.4, 1.0], flip=True, jitter=0.3), 0)
+    made = {}
+    for where in ("here", "pool"):
+        with worker_pool(2 if where == "pool" else 0):
+            made[where] = {n: data[n].task.collate(data[n].features["train"][:8], 0) for n in ("shape", "boxes")}
+    for name, batch in made["here"].items():
+        assert batch.keys() == made["pool"][name].keys()
+        assert all(torch.equal(v, made["pool"][name][k]) for k, v in batch.items())

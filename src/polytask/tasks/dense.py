@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from polytask.data.images import load_rgb
 from polytask.errors import ConfigError
+from polytask.prefetch import parallel_map
 from polytask.preprocess import batch_seed, colour_jitter, crop_window
 from polytask.tasks.base import Example, Task
 
@@ -92,6 +93,17 @@ def view_mask(mask: np.ndarray, win: Window) -> Tensor:
     return (m.flip(-1) if win.flip else m).long()  # (size, size)
 
 
+def view_one(job: tuple) -> tuple[Tensor, tuple[int, int], Any]:
+    """One ``(image, processor, seed or None, target, the task's view_target)`` -> its view's
+    pixels (3, size, size), the original (height, width) and the view's target."""
+    image, processor, seed, target, view_target = job
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    image = load_rgb(image)  # (H, W, 3), full resolution: targets are in its pixels
+    win = sample_window(image.shape[0], image.shape[1], processor, gen)
+    pixels = view_pixels(processor, image, win, gen)
+    return pixels, image.shape[:2], view_target(target, win) if view_target is not None else None
+
+
 class DenseTask(Task):
     """Base of the task types whose head reads the pyramid and whose target follows the image."""
 
@@ -114,22 +126,18 @@ class DenseTask(Task):
         return feats
 
     def collate(self, feats: list[dict], pad_id: int) -> dict[str, Tensor]:
-        """Images and targets through one view each (:func:`sample_window`); ``sizes`` (B, 2)
-        keeps every original (height, width) for mapping predictions back."""
+        """Images and targets through one view each (:func:`view_one`, on the ``train.workers``
+        processes when a training loop runs them); ``sizes`` (B, 2) keeps every original
+        (height, width) for mapping predictions back."""
         p = feats[0]["processor"]
         seed = batch_seed([f["index"] for f in feats]) if feats[0]["augment"] else None
-        pixels, targets, sizes = [], [], []
-        for k, f in enumerate(feats):
-            gen = None if seed is None else torch.Generator().manual_seed(seed * 4099 + k)
-            image = load_rgb(f["image"])  # (H, W, 3), full resolution: targets are in its pixels
-            win = sample_window(image.shape[0], image.shape[1], p, gen)
-            pixels.append(view_pixels(p, image, win, gen))
-            sizes.append(image.shape[:2])
-            if "target" in f:
-                targets.append(self.view_target(f["target"], win))
-        batch = {"pixel_values": torch.stack(pixels), "sizes": torch.tensor(sizes, dtype=torch.long)}
-        if targets:
-            batch.update(self.collate_targets(targets))
+        jobs = [(f["image"], p, None if seed is None else seed * 4099 + k, f.get("target"),
+                 self.view_target if "target" in f else None) for k, f in enumerate(feats)]
+        views = parallel_map(view_one, jobs)
+        batch = {"pixel_values": torch.stack([v[0] for v in views]),
+                 "sizes": torch.tensor([v[1] for v in views], dtype=torch.long)}
+        if "target" in feats[0]:
+            batch.update(self.collate_targets([v[2] for v in views]))
         return batch
 
     def view_target(self, target: Any, win: Window) -> Any:
