@@ -1,7 +1,7 @@
 """Dense vision benchmark (issue 29): one model for classification + segmentation + detection
 against a single-task model per task, under ``polytask compare``'s rules.
 
-    # Pets: breed + species + trimap + head box, joint (hard + DWA, MTAN + UPGrad) vs 4 single-task models
+    # Pets: breed + species + trimap + head box, joint (hard + IMTL, MTAN + UPGrad) vs 4 single-task models
     nice -n 10 .venv/bin/python benchmarks/dense_pets.py --data-dir ../shared/data --out /tmp/dense_pets \
         --seeds 3 --steps 600 --size 224
     # multi-digit detection alone vs with a digit-count classifier (scripts/make_multidigit.py's data)
@@ -32,7 +32,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-METHODS = [{"name": "hard-dwa", "architecture": {"name": "hard"}, "weighting": {"name": "dwa"}},
+METHODS = [{"name": "hard-imtl", "architecture": {"name": "hard"}, "weighting": {"name": "imtl"}},
            {"name": "mtan-upgrad", "architecture": {"name": "mtan"}, "weighting": {"name": "upgrad"}}]
 
 
@@ -56,7 +56,7 @@ def digits_config(args: argparse.Namespace, rows: Path) -> dict:
     data = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
     return {"name": "multidigit", "data_dir": str(rows), "seed": 13,
             "model": {"kind": "vision", "backbone": "efficientnet-lite0", "image": {"flip": False, "crop_scale": [0.8, 1.0]}},
-            "architecture": {"name": "hard"}, "weighting": {"name": "dwa"},
+            "architecture": {"name": "hard"}, "weighting": {"name": "imtl"},
             "tasks": [{"name": "digits", "type": "detection", "columns": {"image": "image"}, "max_detections": 10, "data": data},
                       {"name": "count", "type": "classification", "columns": {"image": "image", "label": "count"}, "data": data}],
             "train": {"lr": 1.0e-3, "warmup_ratio": 0.05, "num_threads": 2}}

@@ -88,10 +88,10 @@ def config(root, backbone: str, arch: str = "hard", weighting: str = "equal", **
     }
 
 
-@pytest.mark.parametrize("arch,weighting", [("hard", "dwa"), ("mtan", "upgrad")])
+@pytest.mark.parametrize("arch,weighting", [("hard", "imtl"), ("mtan", "upgrad")])
 def test_three_dense_and_pooled_tasks_in_one_model_learn_and_reload(dense_data, tiny_cnn, arch, weighting):
-    """100 steps, every task in every step (DWA: weights from the losses' rates of descent, so
-    their scales do not matter; UPGrad). Above chance on all three (colour: 0.5; an
+    """100 steps, every task in every step (IMTL: scale-free, for losses of very different
+    scales; UPGrad). Above chance on all three (colour: 0.5; an
     all-background mask: mIoU ~0.45; an untrained CenterNet: mAP ~0); the loaded run evaluates to the same metrics; predict_all answers the
     three tasks for one image."""
     from polytask.predict import Predictor, evaluate_run
