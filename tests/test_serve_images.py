@@ -166,3 +166,19 @@ def test_openapi_documents_base64_and_the_upload_endpoints(server):
     assert fields["images"]["type"] == "array" and "image files" in fields["images"]["description"]
     assert "base64" in spec["components"]["schemas"]["PredictRequest"]["properties"]["inputs"]["description"]
     assert httpx.get(f"{server}/docs").status_code == 200
+
+
+def test_docs_page_shows_the_upload_endpoints_in_headless_chromium(server, tmp_path):
+    """Swagger UI (served offline) lists the upload endpoints; every other host is unresolvable."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs chromium (apt-get install chromium)")
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                           "--virtual-time-budget=15000", "--dump-dom", f"{server}/docs"],
+                          capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    assert "/v1/upload/{task}" in dom and "opblock" in dom, (proc.stderr[-2000:], dom[-2000:])
