@@ -163,6 +163,11 @@ def test_search_of_3_trials_picks_the_best_dev_trial_on_both_executors(ray_addre
         assert all(1.0e-4 <= p["train.lr"] <= 3.0e-2 for p in c["points"])
     assert results["local"]["grid"]["choices"] == choices  # same trials, same scores, same choice
     assert results["local"]["table"] == results["ray"]["table"]
+    lines: list[str] = []  # a rerun asks the recorded points again and reuses every finished trial
+    run_compare(from_dict(raw_config(tiny_backbone, tmp_path / "ray", n_tasks=1, search=search, executor="ray")),
+                echo=lines.append)
+    assert sum("done (finished before, reused)" in line for line in lines) == 6
+    assert not any("queued" in line for line in lines)
 
 
 def test_ctrl_c_cancels_the_ray_tasks_it_started(ray_address, tiny_backbone, tmp_path):
@@ -187,3 +192,52 @@ def test_ctrl_c_cancels_the_ray_tasks_it_started(ray_address, tiny_backbone, tmp
         time.sleep(0.5)
     assert not job_processes(tmp_path / "cmp")
     assert ray.available_resources().get("CPU") == 2  # no task of ours holds a CPU
+
+
+def test_a_failed_sub_run_shows_its_log_and_the_sweep_goes_on(ray_address, tiny_backbone, tmp_path):
+    """A method that fails when its model is built (an argument the architecture does not take,
+    which the config check does not see): its error carries its train.log's last lines, the other
+    sub-runs finish, the report is written with it marked missing, and the command then fails."""
+    from polytask.errors import PolytaskError
+
+    raw = raw_config(tiny_backbone, tmp_path, n_tasks=1, executor="ray",
+                     methods=[{"name": "mtl"}, {"name": "broken", "architecture": {"name": "hard", "args": {"bogus": 1}}}])
+    lines: list[str] = []
+    with pytest.raises(PolytaskError) as err:
+        run_compare(from_dict(raw), echo=lines.append)
+    message = str(err.value)
+    assert "1 sub-run(s) failed" in message and "broken/seed3" in message
+    assert f"last lines of {tmp_path / 'cmp' / 'mtl' / 'broken' / 'seed3' / 'train.log'}" in message and "bogus" in message
+    assert any(line.startswith("[3/3] broken/seed3: failed: sub-run broken/seed3 failed") for line in lines), lines
+    assert sum("done on node" in line for line in lines) == 2  # the single-task model and mtl finished
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "**Unfinished sub-runs, not included:** broken/seed3" in report
+
+
+def test_adapt_curves_on_ray_equal_the_local_curves(ray_address, tiny_backbone, tmp_path):
+    """adapt's multi-run mode (--shots): one Ray task per start point gives the local records (one thread)."""
+    import polytask
+    import torch
+
+    from polytask.adapt import learning_curves
+
+    raw = tiny_config(tiny_backbone, tmp_path / "src", max_steps=6, eval_every=6)
+    raw["tasks"] = [t for t in demo_tasks(n_train=80, n_eval=20) if t["name"] in ("sentiment", "similarity")]
+    source = polytask.train(from_dict(raw), progress=False)
+    topic = next(t for t in demo_tasks(n_train=120, n_eval=40) if t["name"] == "topic")
+    task = {**topic, "train": {"max_steps": 6, "eval_every": 3, "batch_size": 8, "head_lr": 1e-2}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray task
+    try:
+        local = learning_curves(source, task, [4, 8], seeds=1, out_dir=tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    lines: list[str] = []
+    remote = learning_curves(source, task, [4, 8], seeds=1, out_dir=tmp_path / "ray", progress=False,
+                             executor="ray", echo=lines.append)
+    drop = ("seconds",)  # wall time differs
+    assert [{k: v for k, v in r.items() if k not in drop} for r in remote["runs"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in local["runs"]]
+    assert remote["summary"] == local["summary"] and len(remote["runs"]) == 2 * 2
+    assert lines.count("curves: multitask encoder queued on Ray") == 1
+    assert "curves: pretrained encoder done (2 runs)" in lines

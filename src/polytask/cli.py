@@ -335,15 +335,15 @@ def compare(
     jobs: Optional[int] = typer.Option(None, "--jobs", help="Sub-runs trained at once: one GPU each when "
                                        "GPUs are visible (at most one per GPU), else one torch thread each (at most "
                                        "one per CPU core); compare.jobs"),
-) -> None:
-    """Did multi-task learning help? Train single-task baselines and the multi-task methods of
-    CONFIG (finished sub-runs are reused), then write report.md and plots to the run folder."""
     executor: Optional[str] = typer.Option(None, "--executor", help="Where sub-runs train: local (processes here, "
                                            "default) or ray (one Ray task each; pip install 'polytask[ray]'); "
                                            "compare.executor"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: the Ray cluster "
                                               "(e.g. ray://head:10001 or head:6379); default: a local Ray instance "
                                               "on this machine's cores; compare.ray_address"),
+) -> None:
+    """Did multi-task learning help? Train single-task baselines and the multi-task methods of
+    CONFIG (finished sub-runs are reused), then write report.md and plots to the run folder."""
     import dataclasses
 
     from polytask import compare as cmp
@@ -357,11 +357,11 @@ def compare(
             if jobs < 1:
                 raise PolytaskError(f"--jobs: must be positive, got {jobs}")
             cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare or CompareConfig(), jobs=jobs))
+        if executor is not None or ray_address is not None:
+            cfg = _with_executor(cfg, executor, ray_address)
         if plan:
             _print_compare_plan(cmp.plan_compare(cfg))
             return
-        if executor is not None or ray_address is not None:
-            cfg = _with_executor(cfg, executor, ray_address)
         cmp.run_compare(cfg, progress=show_progress(progress), echo=typer.echo, train_missing=not report_only)
     except USER_ERRORS as exc:
         _fail(exc)
@@ -415,6 +415,10 @@ def adapt(
                                        "(default: RUN_DIR-adapt-NAME / RUN_DIR-curves-NAME)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out"),
     progress: Optional[bool] = PROGRESS,
+    executor: str = typer.Option("local", "--executor", help="With --shots: local (this process) or ray (one Ray "
+                                 "task per start point; pip install 'polytask[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: the Ray cluster "
+                                              "(default: a local Ray instance)"),
 ) -> None:
     """Train a new task on a trained multi-task model's encoder and save it as a run that predict and
     serve load (old tasks unchanged with head/lora); with --shots, few-shot learning curves of the
@@ -431,10 +435,13 @@ def adapt(
         name = str(read_task_file(task).get("name", "task"))
         if shots:
             where = out or Path(f"{str(run_dir).rstrip('/')}-curves-{name}")
-            result = learning_curves(run_dir, task, shots, seeds, tune, where, overrides, show_progress(progress))
+            result = learning_curves(run_dir, task, shots, seeds, tune, where, overrides, show_progress(progress),
+                                     executor, ray_address, typer.echo)
             typer.echo(table(result))
             typer.echo(f"curves: {where}/curves.md, curves.json, curves.png")
             return
+        if executor != "local" or ray_address:
+            raise PolytaskError("--executor and --ray-address apply to the curves (--shots): one adaptation is one run")
         where = out or Path(f"{str(run_dir).rstrip('/')}-adapt-{name}")
         path = run_adapt(run_dir, task, where, tune, overrides, overwrite, show_progress(progress))
     except USER_ERRORS as exc:
@@ -444,9 +451,6 @@ def adapt(
     typer.echo(format_summary(RunFolder(path).read_summary()))
     typer.echo(f"run folder: {path}")
 
-
-def _print_compare_plan(p) -> None:
-    from polytask.compare.plan import changed_keys
 
 def _with_executor(cfg, executor: str | None, address: str | None):
     """``cfg`` with ``--executor`` / ``--ray-address`` in its compare section."""
@@ -464,6 +468,9 @@ def _with_executor(cfg, executor: str | None, address: str | None):
     return dataclasses.replace(cfg, compare=dataclasses.replace(cc, executor=executor,
                                                                 ray_address=address or cc.ray_address))
 
+
+def _print_compare_plan(p) -> None:
+    from polytask.compare.plan import changed_keys
 
     for r in p.runs:
         exp = ", ".join(f"{t}={n:.0f}" for t, n in r.budget["expected_examples"].items())

@@ -20,35 +20,35 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from polytask.adapt.core import STARTS, head_cache, head_learner, model_learner, prepare_new, refs_of, start_backbone
-from polytask.adapt.fit import evaluate_split, fit
-from polytask.adapt.shots import k_shot, stratifies
-from polytask.adapt.spec import AdaptError, check_new_name, check_source, check_tune, new_task_config
-from polytask.backbones.layout import hidden_size
+from polytask.adapt.core import STARTS, refs_of
+from polytask.adapt.curve_runs import curve_setup, start_runs
+from polytask.adapt.spec import AdaptError
 from polytask.files import write_json
-from polytask.predict import Predictor
 
 
 def learning_curves(run_dir: str | Path, task: dict | str | Path, shots: list[int], seeds: int = 3,
                     tune: str = "head", out_dir: str | Path = "adapt-curves", overrides: list[str] | None = None,
-                    progress: bool = True) -> dict:
-    """Run every (start, K, seed); write the table, the JSON and the plot; returns the JSON."""
-    check_tune(tune)
-    run, src_cfg = check_source(run_dir)
-    new = new_task_config(src_cfg, task, overrides)
-    check_new_name(src_cfg, new)
-    if seeds < 1:
-        raise AdaptError(f"--seeds: expected a positive number, got {seeds}")
-    source = Predictor.load(run.path)
-    td = prepare_new(new.cfg, source.tokenizer)
-    labels = [td.task.reference(e) for e in td.examples["train"]]
-    draws = {(k, s): k_shot(labels, k, new.cfg.seed + s, stratifies(td.task), new.name)
-             for k in sorted(set(shots)) for s in range(seeds)}
-    records = []
-    bar = tqdm(total=len(STARTS) * len(draws), desc=f"curves {new.name}", disable=not progress, dynamic_ncols=True)
-    for start in STARTS:
-        records += start_runs(start, source, new, td, draws, tune, progress, bar)
-    bar.close()
+                    progress: bool = True, executor: str = "local", ray_address: str | None = None,
+                    echo=print) -> dict:
+    """Run every (start, K, seed); write the table, the JSON and the plot; returns the JSON.
+
+    ``executor="ray"``: each start point's runs are one Ray task (:mod:`polytask.adapt.remote`,
+    on ``ray_address`` or a local Ray instance); the records are the same as here."""
+    run, new, source, td, draws = curve_setup(run_dir, task, shots, seeds, tune, overrides)
+    if executor == "ray":
+        from polytask.adapt.remote import curves_on_ray
+
+        spec = {"run_dir": str(run.path.resolve()), "task": task if isinstance(task, dict) else str(Path(task).resolve()),
+                "shots": list(shots), "seeds": seeds, "tune": tune, "overrides": list(overrides or [])}
+        records = curves_on_ray(spec, ray_address, echo)
+    elif executor == "local":
+        records = []
+        bar = tqdm(total=len(STARTS) * len(draws), desc=f"curves {new.name}", disable=not progress, dynamic_ncols=True)
+        for start in STARTS:
+            records += start_runs(start, source, new, td, draws, tune, progress, bar)
+        bar.close()
+    else:
+        raise AdaptError(f"--executor {executor!r}: the executors are: local, ray")
     from polytask.compare.chance import chance_level
 
     chance = {split: chance_level(td.task, refs) for split, refs in refs_of(td).items() if refs}
@@ -57,33 +57,6 @@ def learning_curves(run_dir: str | Path, task: dict | str | Path, shots: list[in
               "summary": summarise(records), "chance": chance}
     write_outputs(Path(out_dir), result)
     return result
-
-
-def start_runs(start: str, source: Predictor, new, td, draws: dict, tune: str, progress: bool, bar) -> list[dict]:
-    """Every (K, seed) run from one start point (its encoder states cached once for ``head``)."""
-    t, pad = new.cfg.train, source.pad_id
-    backbone = start_backbone(start, source.model, new.cfg)
-    cache = None
-    if tune == "head":
-        needed = sorted({i for idx in draws.values() for i in idx})
-        cache = head_cache(backbone, td, needed, pad, t.eval_batch_size, progress)
-    refs, out = refs_of(td), []
-    for (k, s), idx in draws.items():
-        seed = new.cfg.seed + s
-        if cache is not None:
-            learner = head_learner(td, hidden_size(backbone), cache, pad, seed)
-        else:
-            learner = model_learner(tune, backbone, td, {}, new.lora, pad, seed)
-        result = fit(learner, td.task, idx, refs, t, seed)
-        row = {"start": start, "k": k, "seed": seed, "best_step": result["best_step"], "seconds": result["seconds"]}
-        for split in ("dev", "test"):
-            metrics = evaluate_split(learner, td.task, refs, split, t.eval_batch_size)
-            row[split] = None if metrics is None else metrics[td.task.main_metric]
-            row[f"{split}_metrics"] = metrics  # every metric of the task, for a closer look
-        out.append(row)
-        bar.update(1)
-    del cache, backbone
-    return out
 
 
 def summarise(records: list[dict]) -> list[dict]:

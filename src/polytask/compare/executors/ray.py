@@ -5,8 +5,8 @@ each unfinished sub-run as one task with the resources it needs: one GPU when it
 ``train.device`` is ``cuda`` (or ``auto`` on a cluster that has GPUs; Ray then sets the task's
 ``CUDA_VISIBLE_DEVICES``), and ``train.num_threads`` CPUs (default 1), which is also its torch
 thread count -- as ``--jobs N`` locally, so a sub-run's numbers are the same on either executor.
-Without an address, a local Ray instance on this machine's cores is started (and stopped at the
-end); with one, compare connects to that cluster (``ray.init(address=...)``).
+Without an address (``--ray-address`` or ``RAY_ADDRESS``), a new local Ray instance on this
+machine's cores is started (and stopped at the end); with one, compare joins that cluster.
 
 In the task, the sub-run trains as locally (:func:`polytask.compare.subrun.run_subrun`, always
 isolated: a child process that gets SIGTERM, and writes a checkpoint, when the Ray worker dies).
@@ -51,6 +51,16 @@ def ray_module():
     except ImportError:
         raise PolytaskError(RAY_MISSING) from None
     return ray
+
+
+def connect(ray, address: str | None) -> bool:
+    """Join ``address`` (else ``RAY_ADDRESS``), or start a local Ray instance on this machine's cores
+    (never a cluster found by chance); returns whether this call started the connection."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, log_to_driver=False, **({"include_dashboard": False} if address == "local" else {}))
+    return True
 
 
 def task_resources(cfg: Config, cluster: dict) -> dict:
@@ -145,18 +155,14 @@ class RayExecutor:
 
     def __init__(self, cfg: Config, cc: CompareConfig, root, echo: Callable[[str], None] = print):
         self.ray = ray = ray_module()
-        self.retries, self._owns = cc.retries, False
-        if not ray.is_initialized():
-            kw = {"address": cc.ray_address} if cc.ray_address else {"include_dashboard": False}
-            ray.init(log_to_driver=False, **kw)
-            self._owns = True
+        self.retries, self._owns = cc.retries, connect(ray, cc.ray_address)
         try:
             nodes = check_storage(ray, Path(root).resolve())
         except BaseException:
             self.close()
             raise
         self.cluster = ray.cluster_resources()
-        where = cc.ray_address or "a local Ray instance"
+        where = cc.ray_address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
         echo(f"ray: {where}, {nodes} node(s), {self.cluster.get('CPU', 0):g} CPUs, {self.cluster.get('GPU', 0):g} GPUs; "
              f"output_dir is shared; a sub-run is retried up to {self.retries} time(s) if its worker dies")
         self._remote = ray.remote(train_on_worker)
@@ -244,4 +250,4 @@ class RayExecutor:
             self._owns = False
 
 
-__all__ = ["RAY_MISSING", "RayExecutor", "absolute", "check_storage", "ray_module", "task_resources"]
+__all__ = ["RAY_MISSING", "RayExecutor", "absolute", "check_storage", "connect", "ray_module", "task_resources"]
