@@ -230,7 +230,8 @@ def run_polytask(cfg, steps: int, warmup: int, out_dir: Path, prefetch: int | No
             "tokens_per_s": tokens / secs, "model_seconds": model, "overhead": overhead,
             "probe_seconds": probe, "probes": timers.calls.get(PROBE, 0),
             "waiting_for_data_seconds": overhead.get(WAITING, 0.0), "background": background,
-            "prefetch": run_cfg.train.prefetch, "run_dir": str(run_dir)}
+            "prefetch": run_cfg.train.prefetch, "run_dir": str(run_dir),
+            "model_parts": {p: timers.total.get(p, 0.0) for p in MODEL_PARTS}}
 
 
 class PlainLoop:
