@@ -74,7 +74,8 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     to keep the script working; its GPU figures are recorded when a GPU is lent)."""
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu",
-                           "--precision", "no", "--compile", "off", "--steps", "3", "--runs", "glue-minilm", "--data-dir", str(DATA),
+                           "--precision", "no", "--compile", "off", "--steps", "3", "--runs", "glue-minilm",
+                           "--data-dir", str(DATA),
                            "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = json.loads(out.read_text())

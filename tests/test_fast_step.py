@@ -34,7 +34,9 @@ def trained_weights(backbone_dir: str, kernel: str) -> tuple[dict[str, torch.Ten
             p.grad = torch.randn(p.shape, generator=gen) * 1e-2
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return {**{f"m.{k}": v for k, v in model.state_dict().items()}, **{f"h.{k}": v for k, v in head.state_dict().items()}}, opt
+    weights = {**{f"m.{k}": v for k, v in model.state_dict().items()},
+               **{f"h.{k}": v for k, v in head.state_dict().items()}}
+    return weights, opt
 
 
 @pytest.mark.parametrize("kernel", ["auto", "foreach"])
