@@ -190,3 +190,13 @@ def test_segmentation_learns_and_the_saved_model_reproduces_its_metrics(seg_data
     truth = np.asarray(Image.open(seg_data / "dev0_mask.png"))
     assert mask.shape == truth.shape and pred["labels"] == ["pet", "background"]
     assert ((mask == 0) == (truth != 2))[truth != 3].mean() > 0.9
+    if arch == "hard":  # the CLI writes the same mask as a PNG file, named in its JSON line
+        import subprocess
+        import sys
+
+        out = subprocess.run([sys.executable, "-m", "polytask.cli", "predict", str(run), "--task", "seg", "--text",
+                              str(seg_data / "dev0.png"), "--masks", str(seg_data / "masks")],
+                             capture_output=True, text=True, check=True).stdout
+        line = json.loads(out.splitlines()[-1])
+        assert line["seg"]["file"] == str(seg_data / "masks" / "seg" / "1.png")
+        assert np.array_equal(np.asarray(Image.open(line["seg"]["file"])), mask)

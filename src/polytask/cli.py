@@ -153,6 +153,8 @@ def predict(
                                    "skipped ones on stderr"),
     scores: bool = typer.Option(False, "--scores", help="Add each label-set task's label probabilities (as the "
                                 "server's scores)"),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Write segmentation masks as PNG files of class "
+                                         "indices here (<task>/<input number>.png; the JSON names each file)"),
     allow_code: bool = ALLOW_CODE,
     precision: str = PRECISION,
 ) -> None:
@@ -181,6 +183,8 @@ def predict(
     except USER_ERRORS as exc:
         _fail(exc)
     inputs = [r.fields if isinstance(r, Record) else r for r in records]
+    if masks is not None:
+        write_masks(results, masks)
     written = write_predictions(inputs, names, results, output)
     if dropped:
         from polytask.errors import group_problems
@@ -212,6 +216,20 @@ def valid_inputs(pred, names: list[str], records: list, unreadable: list, strict
     bad = {(p.file, p.line) for p in problems}
     where = [(r.file, r.line) if hasattr(r, "line") else ("<input>", i + 1) for i, r in enumerate(records)]
     return [r for r, w in zip(records, where) if w not in bad], list(dict.fromkeys(problems))
+
+
+def write_masks(results, folder: Path) -> None:
+    """Each predicted mask (a prediction with a base64 ``png``: segmentation) as a file
+    ``folder/<task>/<input number from 1>.png``; the prediction names it under ``file``."""
+    import base64
+
+    for name, preds in results.items():
+        for i, p in enumerate(preds):
+            if isinstance(p, dict) and isinstance(p.get("png"), str):
+                path = folder / name / f"{i + 1}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(base64.b64decode(p["png"]))
+                p["file"] = str(path)
 
 
 def write_predictions(inputs: list, names: list[str], results, output: Path | None) -> int:
