@@ -19,6 +19,10 @@ micro-batching >= 3x the requests/s of one-request-at-a-time at concurrency 32.
 
     python benchmarks/serving.py --data-dir ../shared/data            # ~3-5 min on 2 idle cores
     python benchmarks/serving.py --run-dir runs/serving-bench         # reuse a trained run
+    python benchmarks/serving.py --run-dir runs/serving-bench --serve-only --precisions fp32,bf16,int8
+
+``--precisions`` (default ``auto``): the server's ``--precision`` values to measure, each with
+micro-batching on and off (docs/serving.md: bf16 needs a CPU with AMX or AVX512_BF16).
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--serve-only", action="store_true", help="skip the in-process all-tasks vs one-task part")
+    p.add_argument("--precisions", default="auto", help="the server's --precision values, comma-separated")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,16 +179,20 @@ def main(argv=None) -> None:
         for k, v in cost.get("seconds", {}).items():
             print(f"  {k:<62} {v:7.3f} s  {cost['ratio_to_one'][k]:5.2f}x one task")
         batching = ["--max-batch-size", str(a.max_batch_size), "--max-wait-ms", str(a.max_wait_ms)]
-        modes = {"micro-batching on": batching, "micro-batching off": ["--no-batching"]}
+        modes = {f"{precision}, batching {on}": args + ["--precision", precision]
+                 for precision in a.precisions.split(",")
+                 for on, args in (("on", batching), ("off", ["--no-batching"]))}
         served = {name: serve_and_load(run_dir, inputs, args, a.requests, a.concurrency) for name, args in modes.items()}
     print(f"\nserving /v1/predict (all 6 tasks, 1 input per request), {a.requests} requests, "
           f"concurrency {a.concurrency}:")
-    print(f"  {'mode':<20} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'inputs/model call':>18}")
+    print(f"  {'precision, mode':<24} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'inputs/model call':>18}")
     for name, r in served.items():
-        print(f"  {name:<20} {r['rps']:8.1f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f} {r['p99_ms']:8.0f} "
+        print(f"  {name:<24} {r['rps']:8.1f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f} {r['p99_ms']:8.0f} "
               f"{r['requests'] / max(1, r['model_calls']):18.1f}")
-    speedup = served["micro-batching on"]["rps"] / served["micro-batching off"]["rps"]
-    print(f"  micro-batching speed-up: {speedup:.2f}x (target >= 3x)")
+    speedup = {p: served[f"{p}, batching on"]["rps"] / served[f"{p}, batching off"]["rps"]
+               for p in a.precisions.split(",")}
+    for precision, value in speedup.items():
+        print(f"  micro-batching speed-up, {precision}: {value:.2f}x (target >= 3x)")
     if a.json:
         a.json.write_text(json.dumps({"cost": cost, "served": served, "speedup": speedup}, indent=2))
 
