@@ -184,3 +184,29 @@ def test_dense_batches_are_the_same_on_worker_processes(dense_data, tiny_cnn):
     for name, batch in made["here"].items():
         assert batch.keys() == made["pool"][name].keys()
         assert all(torch.equal(v, made["pool"][name][k]) for k, v in batch.items())
+
+
+def test_onnx_export_of_dense_heads_decodes_to_the_predictions(dense_data, tiny_cnn):
+    """The ONNX graph's raw segmentation and detection maps, decoded as the manifest says (the
+    tasks' own decode), give Predictor's masks and boxes for the same images."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from polytask.export import export_onnx
+    from polytask.predict import Predictor
+    from polytask.train import train
+
+    run = train(from_dict(config(dense_data, tiny_cnn, "hard", "imtl", max_steps=4, eval_every=4)), progress=False)
+    out = export_onnx(run, dense_data / "onnx")
+    manifest = json.loads((out / "polytask_onnx.json").read_text())
+    assert manifest["tasks"]["boxes"]["shape"][1] == 2 + 4 and "CenterNet" in manifest["tasks"]["boxes"]["note"]
+    assert manifest["tasks"]["shape"]["labels"] == ["square", "background"] and not manifest["not_exported"]
+    pred = Predictor.load(run)
+    files = [str(dense_data / f"dev{i}.png") for i in range(3)]
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    for task in ("shape", "boxes"):
+        t = pred.tasks[task]
+        ex = [pred.parse_inputs([task], [{"path": f}], strict=True).examples[task][0][1] for f in files]
+        batch = t.collate(t.encode(ex, pred.tokenizer, 0), 0)
+        raw = session.run([task], {"pixel_values": batch["pixel_values"].numpy()})[0]  # (B, K [+ 4], S/4, S/4)
+        assert t.decode(torch.from_numpy(raw), batch) == pred.predict(task, files)

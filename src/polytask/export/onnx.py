@@ -147,6 +147,8 @@ def task_entry(pred: Predictor, name: str) -> dict:
     elif task.type_name == "tagging":
         entry.update(shape=["batch", "sequence", len(task.labels)], labels=list(task.labels),
                      note="logits per word piece; polytask labels each word by its first piece")
+    elif task.type_name in ("segmentation", "detection"):
+        entry.update(dense_entry(pred, task))
     elif task.type_name == "extractive_qa":
         cfg = task.cfg
         entry.update(shape=["batch", "sequence", 2], max_length=pred.cfg.model.max_length, doc_stride=cfg.doc_stride,
@@ -157,6 +159,23 @@ def task_entry(pred: Predictor, name: str) -> dict:
         entry.update(shape=["batch", len(task.labels)], labels=list(task.labels),
                      note="logits" if task.type_name == "classification" else "logits (sigmoid per label)")
     return entry
+
+
+def dense_entry(pred: Predictor, task) -> dict:
+    """How to decode a dense task's raw output (docs/vision.md: dense tasks)."""
+    size = pred.tokenizer.size
+    common = {"labels": list(task.labels), "input": f"the whole image resized to {size} x {size} (no crop), "
+              "normalised as for the other tasks"}
+    if task.type_name == "segmentation":
+        return {**common, "shape": ["batch", len(task.labels), "height / 4", "width / 4"],
+                "note": "class logits at stride 4: upsample bilinearly to the image's size, argmax over classes"}
+    cfg = task.cfg
+    return {**common, "shape": ["batch", len(task.labels) + 4, "height / 4", "width / 4"],
+            "score_threshold": cfg.score_threshold, "nms_iou": cfg.nms_iou, "max_detections": cfg.max_detections,
+            "note": "CenterNet: channels 0..K-1 heatmap logits (sigmoid), then offset x, y and box width, height in "
+                    "output cells; peaks = 3x3 max-pool maxima, top max_detections, score >= score_threshold; box "
+                    "centre = (cell + offset) * stride, size * stride, scaled by the image's width / size and "
+                    "height / size; class-wise NMS at nms_iou (polytask.tasks.boxes.centernet_decode)"}
 
 
 def require_onnx() -> None:

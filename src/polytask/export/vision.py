@@ -3,8 +3,10 @@
 - ONNX (``polytask export --format onnx``, through :func:`polytask.export.onnx.export_onnx`):
   :class:`ImageHeads` is the graph, ``pixel_values`` float32 ``(batch, 3, size, size)`` in,
   already preprocessed (RGB, the shorter side resized to ``size``, centre-cropped, scaled to
-  [0, 1], normalised by the run's mean and std), one output per classification, multi-label and
-  regression task. Any image architecture (hard, MTAN, MMoE, PLE): a task-independent encoder
+  [0, 1], normalised by the run's mean and std), one output per classification, multi-label,
+  regression, segmentation and detection task (dense tasks: raw head maps at stride 4, their
+  input the whole image resized to ``size`` x ``size`` without a crop, each with its own backbone
+  pass in the graph; the decoding is in the manifest's entry and docs/vision.md). Any image architecture (hard, MTAN, MMoE, PLE): a task-independent encoder
   pass appears once in the graph, else each task has its own. The batch axis is dynamic; the
   spatial size is the run's ``size`` (EfficientNet-Lite's 'same' padding is computed for it).
 - the encoder as a folder (``--format hf``, :func:`export_image_hf`): a Hugging Face backbone as
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-IMAGE_TYPES = ("classification", "multilabel", "regression")
+IMAGE_TYPES = ("classification", "multilabel", "regression", "segmentation", "detection")
 CHECK_IMAGES = 3  # random images in the ONNX parity check (batch axis checked at another size by the tests)
 
 
@@ -53,8 +55,12 @@ class ImageHeads(nn.Module):
         encoded = arch.encode(batch) if arch.shared_encoder else None  # (B, 1 + H * W, C)
         outs = []
         for name, scale in zip(self.names, self.scale):
+            head = self.model.heads[name]
+            if getattr(head, "reads_features", False):  # a dense head reads the pyramid: its own pass
+                outs.append(head(arch(batch, name)))  # (B, K, S/4, S/4) or (B, K + 4, S/4, S/4)
+                continue
             feats = arch.task_features(encoded, batch, name) if encoded is not None else arch(batch, name)
-            out = self.model.heads[name](feats.hidden, feats.mask)  # (B, labels) or (B, 1)
+            out = head(feats.hidden, feats.mask)  # (B, labels) or (B, 1)
             outs.append(out * scale[0] + scale[1] if scale else out)
         return tuple(outs)
 
