@@ -28,7 +28,7 @@ LAYERS = {
     1: ["architectures", "weighting", "tasks", "sampling", "draws"],
     0: ["backbones", "data", "config", "run_folder", "files", "state_io", "metrics", "errors", "registry", "devices",
         "preprocess", "precision", "interrupts",
-        "batching", "packing", "report", "html_report", "tracking", "prefetch", "sharding", "_version"],
+        "batching", "packing", "report", "report_dense", "html_report", "tracking", "prefetch", "sharding", "_version"],
 }
 LAYER_NAMES = {3: "entry points", 2: "model", 1: "components", 0: "foundation"}
 

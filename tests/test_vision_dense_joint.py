@@ -106,6 +106,11 @@ def test_three_dense_and_pooled_tasks_in_one_model_learn_and_reload(dense_data, 
     pred = Predictor.load(run).predict_all([{"path": str(dense_data / "dev0.png")}])
     assert pred["colour"][0] in COLOURS and set(pred["shape"][0]) == {"png", "labels"}
     assert isinstance(pred["boxes"][0], list)
+    report = (run / "report.html").read_text()  # dev images with their masks and boxes, predicted and true
+    shape = report.split('id="samples-shape"')[1].split("<h2")[0]
+    boxes = report.split('id="samples-boxes"')[1].split("<h2")[0]
+    assert shape.count("image, predicted mask, true mask") == 12 and shape.count("<img ") == 36
+    assert boxes.count("true (green)") == 12 and ("1 true (green)" in boxes or "2 true (green)" in boxes)
 
 
 def weighting_methods() -> list[str]:

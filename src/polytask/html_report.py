@@ -20,6 +20,7 @@ from pathlib import Path
 
 from polytask.files import atomic_write
 from polytask.report import cosine_heatmap, training_figure, weights_vary
+from polytask.report_dense import dense_grid, is_dense
 
 REPORT_HTML = "report.html"
 STYLE = """
@@ -136,7 +137,7 @@ def run_details(run) -> list[str]:
         if cfg is not None and cfg.model.kind == "vision" and got.get("inputs") and got.get("references"):
             column = next(t.columns.get("image", "image") for t in cfg.tasks if t.name == task)
             body += [f"<h2 id=\"samples-{html.escape(task)}\">{html.escape(task)}: sample predictions (dev)</h2>",
-                     *sample_grid(got, column)]
+                     *(dense_grid(got) if is_dense(got["predictions"]) else sample_grid(got, column))]
     if cfg is not None:
         body += ["<h2 id=\"config\">Resolved config</h2>",
                  f"<pre>{html.escape(yaml.safe_dump(to_dict(cfg), sort_keys=False))}</pre>"]

@@ -6,7 +6,8 @@
   [0, 1], normalised by the run's mean and std), one output per classification, multi-label,
   regression, segmentation and detection task (dense tasks: raw head maps at stride 4, their
   input the whole image resized to ``size`` x ``size`` without a crop, each with its own backbone
-  pass in the graph; the decoding is in the manifest's entry and docs/vision.md). Any image architecture (hard, MTAN, MMoE, PLE): a task-independent encoder
+  pass in the graph; the decoding is in the manifest's entry and docs/vision.md). Any image
+  architecture (hard, MTAN, MMoE, PLE): a task-independent encoder
   pass appears once in the graph, else each task has its own. The batch axis is dynamic; the
   spatial size is the run's ``size`` (EfficientNet-Lite's 'same' padding is computed for it).
 - the encoder as a folder (``--format hf``, :func:`export_image_hf`): a Hugging Face backbone as

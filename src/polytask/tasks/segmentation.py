@@ -114,7 +114,7 @@ class SegmentationTask(DenseTask):
         self.values = {int(k): int(v) for k, v in state["values"]}
 
     def reference(self, example: Example) -> Any:
-        return example.fields["mask"]
+        return {"mask": example.fields["mask"]}  # the file (read when scored); a dict: not a label to count
 
     # -- tensors -----------------------------------------------------------------------------
     def class_ids(self, path: str) -> np.ndarray:
@@ -159,7 +159,7 @@ class SegmentationTask(DenseTask):
         acc = MulticlassAccuracy(num_classes=k, ignore_index=IGNORE, average="micro")
         for pred, ref in zip(preds, refs):
             p = torch.from_numpy(decode_png(pred["png"]).astype(np.int64)).flatten()
-            t = torch.from_numpy(self.class_ids(ref)).flatten()
+            t = torch.from_numpy(self.class_ids(ref["mask"])).flatten()
             iou.update(p, t)
             acc.update(p, t)
         return {"miou": float(iou.compute()), "pixel_accuracy": float(acc.compute())}
