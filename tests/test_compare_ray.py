@@ -132,14 +132,12 @@ def test_an_output_dir_the_workers_cannot_see_fails_at_start(ray_address, tiny_b
     (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(raw_config(tiny_backbone, out)))
     script = (f"mount -t tmpfs tmpfs {out} && exec {sys.executable} -m polytask.cli compare {tmp_path / 'cmp.yaml'} "
               f"--executor ray --ray-address {ray_address}")
-    started = time.monotonic()
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "output_dir is not shared with every Ray node" in done.stderr
     assert f"node {ray.util.get_node_ip_address()}: {out / 'cmp'} does not hold the file" in done.stderr
-    assert "queued" not in done.stdout and not list(out.iterdir())  # nothing trained, nothing written here
-    assert time.monotonic() - started < 120
+    assert "queued" not in done.stdout and not list(out.iterdir())  # failed before any sub-run: nothing written here
 
 
 def test_search_of_3_trials_picks_the_best_dev_trial_on_both_executors(ray_address, tiny_backbone, tmp_path):

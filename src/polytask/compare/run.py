@@ -111,10 +111,18 @@ def _train(plan: Plan, cfg: Config, cc: CompareConfig, prepared: Prepared, progr
 
 
 def _announce(plan: Plan, echo: Callable[[str], None]) -> None:
+    if plan.search:  # the runs are one per model and seed; the trials are planned as the search goes
+        echo(f"compare '{plan.cfg.name}': {len(plan.runs)} models x seeds, {plan.search['trials']} search trials each "
+             f"({len(plan.runs) * plan.search['trials']} sub-runs), budget: {plan.budget_rule}")
+        return _notes(plan, echo)
     todo = [r for r in plan.runs if not r.finished]
     echo(f"compare '{plan.cfg.name}': {len(plan.runs)} sub-runs ({len(plan.runs) - len(todo)} finished), "
          f"{len(plan.tasks)} tasks x (single-task + {len(plan.methods)} method(s)) x {len(plan.seeds)} seed(s), "
          f"budget: {plan.budget_rule}")
+    _notes(plan, echo)
+
+
+def _notes(plan: Plan, echo: Callable[[str], None]) -> None:
     for note in plan.notes:
         echo(f"  note: {note}")
 
