@@ -32,9 +32,12 @@ The parts:
 * :mod:`~polytask.compare.prepared` -- the comparison's data, read once and passed around;
 * :mod:`~polytask.compare.plan` -- sub-runs, budgets (``converge``, ``examples`` or ``steps``), the
   tuning grid's points, ``--seeds``, config checks;
-* :mod:`~polytask.compare.run` -- training the missing sub-runs (isolated, resumable, ``jobs`` at
-  once), measured;
-* :mod:`~polytask.compare.grid` -- each model's grid point, chosen on dev;
+* :mod:`~polytask.compare.run` -- the whole command: plan, train what is missing, report;
+* :mod:`~polytask.compare.subrun` -- one sub-run trained (isolated, resumable), measured;
+* :mod:`~polytask.compare.executors` -- where sub-runs train: ``local`` processes (``jobs`` at
+  once) or ``ray`` tasks on a cluster;
+* :mod:`~polytask.compare.grid` -- each model's grid point (or search trial), chosen on dev;
+* :mod:`~polytask.compare.search` -- ``compare.search``: Optuna TPE trials per model and seed;
 * :mod:`~polytask.compare.chance` -- chance levels, chance-corrected scores, near-chance baselines;
 * :mod:`~polytask.compare.accounting` -- examples and tokens seen (replayed), throughput;
 * :mod:`~polytask.compare.serving` -- the measured serving cost;
