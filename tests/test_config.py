@@ -173,3 +173,15 @@ def test_a_bare_no_in_yaml_means_the_choice_no():
     apply_override(data, "train.mixed_precision=no")
     assert data["train"]["mixed_precision"] is False  # what YAML says
     assert from_dict(data).train.mixed_precision == "no"
+
+
+def test_differences_reads_integer_keys_as_their_json_names():
+    """A YAML mapping with integer keys (label_names: {1: pet}) is saved in JSON with string keys;
+    resuming compares the two as the same setting (it used to refuse: 'label_names.1 changed')."""
+    from polytask.config import differences
+
+    yaml_side = {"tasks": [{"label_names": {1: "pet", 2: "background"}}]}
+    json_side = {"tasks": [{"label_names": {"1": "pet", "2": "background"}}]}
+    assert differences(yaml_side, json_side) == []
+    json_side["tasks"][0]["label_names"]["2"] = "sky"
+    assert differences(yaml_side, json_side) == ["tasks.0.label_names.2"]

@@ -310,9 +310,10 @@ def differences(a: Any, b: Any, ignore: set[str] | frozenset[str] = frozenset())
     def walk(x: Any, y: Any, path: str) -> None:
         if path in ignore:
             return
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y), key=str):
-                walk(x.get(k), y.get(k), _join(path, str(k)))
+        if isinstance(x, dict) and isinstance(y, dict):  # keys by name: JSON saves {1: ..} as {"1": ..}
+            x, y = ({str(k): v for k, v in d.items()} for d in (x, y))
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), _join(path, k))
         elif isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
             for i, (u, v) in enumerate(zip(x, y)):
                 walk(u, v, _join(path, str(i)))
