@@ -54,6 +54,19 @@ def tiny_backbone(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def tiny_cnn(tmp_path_factory) -> str:
+    """A random two-stage ResNet (8 and 16 channels) saved as a Hugging Face folder: the image
+    tests' backbone (seconds to train on tiny images)."""
+    import torch
+    from transformers import ResNetConfig, ResNetModel
+
+    path = tmp_path_factory.mktemp("cnn") / "resnet"
+    torch.manual_seed(0)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)).save_pretrained(path)
+    return str(path)
+
+
 def demo_tasks(n_train: int = 160, n_eval: int = 40) -> list[dict]:
     """The four synthetic demo tasks, small."""
     data = {"format": "synthetic", "max_train": n_train, "max_eval": n_eval}

@@ -23,16 +23,6 @@ from polytask.tasks.base import Example
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(scope="module")
-def tiny_cnn(tmp_path_factory) -> str:
-    """A random two-stage ResNet (8 and 16 channels) saved as a Hugging Face folder."""
-    from transformers import ResNetConfig, ResNetModel
-
-    path = tmp_path_factory.mktemp("cnn") / "resnet"
-    torch.manual_seed(0)
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)).save_pretrained(path)
-    return str(path)
-
 
 def halves(a: int, b: int, size: int = 20) -> np.ndarray:
     """An image whose left half is red when a, right half green when b (two learnable tasks)."""

@@ -22,16 +22,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 COLOURS = {"red": (230, 30, 30), "blue": (30, 60, 230)}
 
 
-@pytest.fixture(scope="module")
-def tiny_cnn(tmp_path_factory) -> str:
-    """A random two-stage ResNet (8 and 16 channels) saved as a Hugging Face folder."""
-    from transformers import ResNetConfig, ResNetModel
-
-    path = tmp_path_factory.mktemp("cnn") / "resnet"
-    torch.manual_seed(0)
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)).save_pretrained(path)
-    return str(path)
-
 
 def draw(rng, n_objects: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """A 32 x 32 image with up to ``n_objects`` non-overlapping squares, its mask (1 square,

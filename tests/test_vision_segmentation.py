@@ -24,16 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 PET = (230, 200, 40)
 
 
-@pytest.fixture(scope="module")
-def tiny_cnn(tmp_path_factory) -> str:
-    """A random two-stage ResNet (8 and 16 channels) saved as a Hugging Face folder."""
-    from transformers import ResNetConfig, ResNetModel
-
-    path = tmp_path_factory.mktemp("cnn") / "resnet"
-    torch.manual_seed(0)
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)).save_pretrained(path)
-    return str(path)
-
 
 def square_image(rng, h: int = 24, w: int = 28) -> tuple[np.ndarray, np.ndarray, int]:
     """An image with one square and its trimap-style mask (1 square, 2 background, 3 border)."""

@@ -19,7 +19,7 @@ import yaml
 from polytask.preprocess import ImageInput, ImageProcessor
 from polytask.prefetch import worker_pool
 from polytask.tasks.base import Example
-from test_vision import image_config, tiny_cnn, write_split  # noqa: F401 (tiny_cnn: a fixture)
+from test_vision import image_config, write_split
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -71,7 +71,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_sigkill_then_resume_with_workers_equals_a_run_without(tmp_path, tiny_cnn):  # noqa: F811
+def test_sigkill_then_resume_with_workers_equals_a_run_without(tmp_path, tiny_cnn):
     write_split(tmp_path, "train", 24, 1)
     write_split(tmp_path, "dev", 8, 2)
     cfg = image_config(tmp_path, tiny_cnn, max_steps=40, eval_every=20, checkpoint_every=10, prefetch=3)
