@@ -109,7 +109,7 @@ def raw_config(backbone: str, out: Path, name: str, weighting: str = "equal", gr
     tasks = [dict(demo[i], head_dropout=dropout) for i in TASKS.get(name, [0, 1, 2])]
     return {"name": name, "output_dir": str(out), "seed": 5, "model": {"backbone": backbone, "max_length": 32},
             "tasks": tasks, "weighting": {"name": weighting},
-            "train": {"max_steps": 6, "batch_size": batch_size, "eval_batch_size": 8, "lr": 1e-3, "eval_every": 6,
+            "train": {"mixed_precision": "no", "max_steps": 6, "batch_size": batch_size, "eval_batch_size": 8, "lr": 1e-3, "eval_every": 6,
                       "log_every": 1, "warmup_ratio": 0.0, "grad_space": grad_space, "grad_layers": 1,
                       "device": "cpu", **train}}
 

@@ -44,7 +44,7 @@ def lora_config(backbone: str, data: Path, out: Path) -> dict:
     return {"name": "lora", "output_dir": str(out), "seed": 5,
             "model": {"kind": "causal_lm", "backbone": backbone, "max_length": 40},
             "architecture": {"name": "causal_lm", "args": args}, "tasks": llm_tasks(data),
-            "train": {"max_steps": 16, "batch_size": 4, "eval_batch_size": 16, "lr": 5e-3, "eval_every": 8,
+            "train": {"mixed_precision": "no", "max_steps": 16, "batch_size": 4, "eval_batch_size": 16, "lr": 5e-3, "eval_every": 8,
                       "log_every": 4, "warmup_ratio": 0.0, "device": "cpu", "shard": "fsdp"}}
 
 
