@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "polytask"
 
 LAYERS = {
-    3: ["polytask", "cli", "compare", "export", "train", "predict", "serve", "affinity", "adapt"],
+    3: ["polytask", "cli", "compare", "export", "train", "predict", "predict_images", "serve", "affinity", "adapt"],
     2: ["model", "evaluate", "dataset", "gradients", "steps"],
     1: ["architectures", "weighting", "tasks", "sampling", "draws"],
     0: ["backbones", "data", "config", "run_folder", "files", "state_io", "metrics", "errors", "registry", "devices",

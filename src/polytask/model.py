@@ -28,10 +28,15 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], task: str) -> tuple[Tensor, Features]:
         feats = self.arch(batch, task)
+        return self.head_output(feats, task), feats
+
+    def head_output(self, feats: Features, task: str) -> Tensor:
+        """Task ``task``'s head on its features: a dense head reads them whole (the pyramid,
+        ``Features.maps``), the others the hidden states and their mask."""
         head = self.heads[task]
-        if getattr(head, "reads_features", False):  # a dense head reads the pyramid (Features.maps)
-            return head(feats), feats
-        return head(feats.hidden, feats.mask), feats
+        if getattr(head, "reads_features", False):
+            return head(feats)
+        return head(feats.hidden, feats.mask)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return list(self.heads[task].parameters()) + self.arch.task_parameters(task)

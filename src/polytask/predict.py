@@ -22,6 +22,7 @@ from polytask.devices import module_device, to_device
 from polytask.evaluate import evaluate, macro_score
 from polytask.model import MultiTaskModel, rebuild_model
 from polytask.precision import autocast, prepare_inference
+from polytask.predict_images import probabilities, view_pass
 from polytask.registry import allowing_code, registered_only
 from polytask.run_folder import RunFolder
 from polytask.tasks import Task, build_task
@@ -111,7 +112,10 @@ class Predictor:
         architectures whose encoder pass does not depend on the task
         (``Architecture.shared_encoder``: hard sharing, MMoE, PLE), each distinct encoded input
         runs through the encoder once and every task's head reads that one output; otherwise (and
-        for generation tasks) each task gets its own pass.
+        for generation tasks) each task gets its own pass. Image tasks share a pass when their
+        evaluation preprocessing is the same (``Task.view_key``): the classification-like tasks
+        (centre crop) one pass per distinct image, the dense tasks (the whole image squashed)
+        another, never one across the two (:mod:`polytask.predict_images`).
 
         Args:
             inputs: as for :meth:`predict`; a dict may hold the fields of several tasks.
@@ -127,10 +131,10 @@ class Predictor:
         return self.predict_tasks(names, inputs, batch_size, strict=False, scores=scores, max_new_tokens=max_new_tokens)
 
     def shares_encoder(self, task: str) -> bool:
-        """Whether ``task`` is predicted from the one task-independent encoder pass."""
+        """Whether ``task`` is predicted from a task-independent encoder pass that other tasks
+        share (text: one pass per distinct encoding; images: one per distinct view and image)."""
         return bool(getattr(self.model.arch, "shared_encoder", False)) and \
-            type(self.tasks[task]).predict_batch is Task.predict_batch and \
-            self.tasks[task].inputs is None  # image inputs: one pass per task (one_pass keys rows by tokens)
+            type(self.tasks[task]).predict_batch is Task.predict_batch
 
     def generates(self, task: str) -> bool:
         """Whether ``task`` decodes text step by step (a generation task: ``max_new_tokens`` applies)."""
@@ -173,7 +177,13 @@ class Predictor:
             feats = {name: self.tasks[name].encode([ex for _, ex in rows], self.tokenizer, self.cfg.model.max_length)
                      for name, rows in parsed.examples.items()}
             shared = {name: f for name, f in feats.items() if self.shares_encoder(name)}
-            out = one_pass(self.model, self.tasks, shared, self.pad_id, batch_size, scores) if shared else {}
+            keys = {name: [self.tasks[name].view_key(x) for x in f] for name, f in shared.items()}
+            keys = {name: k for name, k in keys.items() if None not in k}  # images: grouped by view
+            text = {name: f for name, f in shared.items() if name not in keys}  # grouped by tokens
+            out = one_pass(self.model, self.tasks, text, self.pad_id, batch_size, scores) if text else {}
+            if keys:
+                out.update(view_pass(self.model, self.tasks, {n: feats[n] for n in keys}, keys, self.pad_id,
+                                     batch_size, scores))
             for name, f in feats.items():
                 if name not in shared:
                     out[name] = task_pass(self.model, self.tasks[name], f, self.pad_id, batch_size, scores)
@@ -313,16 +323,6 @@ def task_pass(model: MultiTaskModel, t: Task, feats: list[dict], pad: int, batch
         for i, p, s in zip(idx, got, q):
             preds[i], probs[i] = p, s
     return preds, probs
-
-
-def probabilities(t: Task, logits: torch.Tensor, wanted: bool) -> list:
-    """``[{label: probability}]`` per row for label-set tasks with one score per label, else Nones:
-    softmax for a single label (classification), independent sigmoids for a label set (multilabel)."""
-    labels = getattr(t, "labels", None)
-    if not wanted or not labels or logits.dim() != 2 or logits.shape[1] != len(labels):
-        return [None] * logits.shape[0]
-    p = torch.sigmoid(logits) if t.type_name == "multilabel" else torch.softmax(logits.float(), -1)
-    return [{label: round(float(v), 6) for label, v in zip(labels, row)} for row in p.tolist()]
 
 
 def pad_rows(rows: list[dict], pad: int) -> dict[str, torch.Tensor]:

@@ -17,13 +17,14 @@ the shorter side is resized to ``size`` and the centre cropped.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable
 
 import numpy as np
 import torch
@@ -165,6 +166,14 @@ class ImageInput:
         return [{"image": ex.fields["image"], "index": i, "augment": False, "processor": processor}
                 for i, ex in enumerate(examples)]
 
+    def view_key(self, feature: dict) -> tuple[Hashable, Hashable] | None:
+        """``(view, image)`` of an evaluation feature (``Task.view_key``): the shorter side resized to
+        ``size`` (JPEG draft decoding at ``size``), the centre crop, mean and std; None when augmented."""
+        if feature["augment"]:
+            return None
+        p = feature["processor"]
+        return ("centre crop", p.size, tuple(p.mean), tuple(p.std)), image_identity(feature["image"])
+
     def collate(self, feats: list[dict]) -> dict[str, Tensor]:
         """Decode and preprocess every image (on the ``train.workers`` processes while a training
         loop runs them, else here); item k of an augmented batch draws from its own generator,
@@ -173,6 +182,15 @@ class ImageInput:
         seed = batch_seed([f["index"] for f in feats]) if feats[0]["augment"] else None
         jobs = [(f["image"], p, None if seed is None else seed * 4099 + k) for k, f in enumerate(feats)]
         return {"pixel_values": torch.stack(parallel_map(preprocess_one, jobs))}  # (B, 3, size, size)
+
+
+def image_identity(image: Any) -> Hashable:
+    """An image reference as a hashable: its path (a string), or an array's shape, dtype and a
+    digest of its bytes (equal pixels, equal identity: bytes decoded once per task still match)."""
+    if isinstance(image, str):
+        return ("file", image)
+    a = np.ascontiguousarray(image)
+    return ("array", a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest())
 
 
 def preprocess_one(job: tuple) -> Tensor:

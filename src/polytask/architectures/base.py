@@ -72,6 +72,17 @@ class Architecture(nn.Module):
         cut to ``batch``'s width; ``batch`` holds at least ``attention_mask``)."""
         raise NotImplementedError(f"{type(self).__name__} has no task-independent encoder pass")
 
+    def encode_maps(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor] | None]:
+        """:meth:`encode`'s output (B, T, H) and the backbone's pyramid [(B, C_j, H_j, W_j)] where
+        the features carry it (``passes_maps``), else None (``shared_encoder`` architectures only)."""
+        return self.encode(batch), None
+
+    def task_features_maps(self, encoded: Tensor, maps: list[Tensor] | None, batch: dict[str, Tensor],
+                           task: str) -> Features:
+        """:meth:`task_features` with the pyramid of :meth:`encode_maps` (the same rows of both):
+        ``forward(batch, task)`` equals ``task_features_maps(*encode_maps(batch), batch, task)``."""
+        return self.task_features(encoded, batch, task)
+
     @classmethod
     def refuses(cls, io: BackboneIO) -> str | None:
         """Why this architecture cannot share a backbone of interface ``io`` (None: it can).

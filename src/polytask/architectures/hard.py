@@ -21,16 +21,22 @@ class HardSharing(Architecture):
     passes_maps = True
 
     def forward(self, batch: dict[str, Tensor], task: str) -> Features:
+        return self.task_features_maps(*self.encode_maps(batch), batch, task)
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
+
+    def encode_maps(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor] | None]:
         out = self.backbone(**self.backbone_inputs(batch))
-        feats = self.task_features(out.last_hidden_state, batch, task)
-        maps = getattr(out, "maps", None)
+        return out.last_hidden_state, getattr(out, "maps", None)  # (B, T, H), [(B, C_j, H_j, W_j)] or None
+
+    def task_features_maps(self, encoded: Tensor, maps: list[Tensor] | None, batch: dict[str, Tensor],
+                           task: str) -> Features:
+        feats = self.task_features(encoded, batch, task)
         if maps:  # the last map read back from the shared positions (B, 1 + H * W, C) -> (B, C, H, W)
             last = feats.shared[:, 1:].transpose(1, 2).reshape(maps[-1].shape)
             feats.maps = list(maps[:-1]) + [last]
         return feats
-
-    def encode(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.backbone(**self.backbone_inputs(batch)).last_hidden_state  # (B, T, H)
 
     def task_features(self, encoded: Tensor, batch: dict[str, Tensor], task: str) -> Features:
         return Features(hidden=encoded, mask=self.positions_mask(batch, encoded), shared=encoded)

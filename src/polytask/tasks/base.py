@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import reprlib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Hashable
 
 import torch
 from torch import Tensor, nn
@@ -130,6 +130,8 @@ class Task:
     #: whether the head reads the backbone's pyramid (``Features.maps``: dense tasks); ``check``
     #: refuses such a task on an architecture that does not pass it (``Architecture.passes_maps``)
     reads_maps: ClassVar[bool] = False
+    #: what one row of the forward pass is called in logs (:meth:`batch_rows`)
+    row_unit: ClassVar[str] = "rows"
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -285,6 +287,18 @@ class Task:
     def collate_labels(self, labels: list, width: int) -> Tensor:
         raise NotImplementedError
 
+    def view_key(self, feature: dict) -> tuple[Hashable, Hashable] | None:
+        """``(view, item)`` of an evaluation feature without a target: ``view`` names the
+        preprocessing its collation applies (image: resize, crop or squash, size, mean, std) and
+        ``item`` the input (the image file or array content). Features with equal keys, of any
+        tasks, collate to identical model inputs, and a task collates another task's feature of
+        its own ``view`` as its own: ``Predictor.predict_all`` runs the backbone once per distinct
+        key. None where there is no such promise (text: keyed by its tokens there; features with
+        targets or augmentation)."""
+        if self.inputs is None or "labels" in feature:
+            return None
+        return self.inputs.view_key(feature)
+
     # -- model side --------------------------------------------------------------------------
     def bind_backbone(self, config: Any) -> None:
         """See the backbone's config before :meth:`make_head` (a dense head needs every stage's channels)."""
@@ -294,6 +308,15 @@ class Task:
 
     def loss(self, out: Tensor, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
+
+    def batch_rows(self, feature: dict) -> int:
+        """Rows of the forward pass this example becomes: 1 (an extractive QA question: its windows)."""
+        return 1
+
+    def max_batch_rows(self, batch_size: int) -> int | None:
+        """The most rows one training batch of ``batch_size`` examples may hold (batches stop
+        taking examples at it, :func:`polytask.batching.cut`); None: no cap (one row per example)."""
+        return None
 
     def loss_units(self, feature: dict) -> int:
         """How many terms this training example adds to :meth:`loss`'s mean: 1 for a mean over

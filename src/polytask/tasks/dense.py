@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Hashable
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from polytask.data.images import load_rgb
 from polytask.errors import ConfigError
 from polytask.prefetch import parallel_map
-from polytask.preprocess import batch_seed, colour_jitter, crop_window
+from polytask.preprocess import batch_seed, colour_jitter, crop_window, image_identity
 from polytask.tasks.base import Example, Task
 
 
@@ -139,6 +139,15 @@ class DenseTask(Task):
         if "target" in feats[0]:
             batch.update(self.collate_targets([v[2] for v in views]))
         return batch
+
+    def view_key(self, feature: dict) -> tuple[Hashable, Hashable] | None:
+        """The whole image squashed to ``size`` x ``size`` (full-resolution decode), normalised:
+        a view of its own, so a dense task shares a backbone pass with other dense tasks only
+        (classification centre-crops: ``ImageInput.view_key``)."""
+        if "target" in feature or feature["augment"]:
+            return None
+        p = feature["processor"]
+        return ("whole image", p.size, tuple(p.mean), tuple(p.std)), image_identity(feature["image"])
 
     def view_target(self, target: Any, win: Window) -> Any:
         raise NotImplementedError
