@@ -79,6 +79,7 @@ class TaskConfig:
     n_best: int = 20  # best spans kept per window while decoding
     allow_unanswerable: bool = False  # SQuAD 2.0: questions without answers
     null_threshold: float = 0.0  # no answer when the [CLS] start+end logit beats the best span's by more than this
+    max_windows_per_batch: int | None = None  # windows one training batch may hold (default: 1.5 x train.batch_size)
     # segmentation / detection on images (docs/vision.md)
     ignore_index: int | None = None  # segmentation: the mask value neither trained nor scored (Pets trimaps: 3)
     palette: dict[str, str] | None = None  # segmentation: colour masks, "#rrggbb" -> class name
@@ -523,6 +524,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for i, task in enumerate(cfg.tasks):
         at_least.update({f"tasks[{i}].max_new_tokens": (task.max_new_tokens, 1),
                          f"tasks[{i}].num_beams": (task.num_beams, 1),
+                         f"tasks[{i}].max_windows_per_batch": (task.max_windows_per_batch, 1),
                          f"tasks[{i}].data.max_train": (task.data.max_train, 1),
                          f"tasks[{i}].data.max_eval": (task.data.max_eval, 1)})
     if cfg.compare is not None:

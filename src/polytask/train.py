@@ -46,7 +46,7 @@ from polytask.config import Config, differences, load_config, to_dict
 from polytask.dataset import TaskData, data_warnings, encode_all, prepare
 from polytask.devices import (any_process, average_gradients, make_accelerator, on_main, module_device,
                               process_state, shard)
-from polytask.draws import StepDraws
+from polytask.draws import StepDraws, describe_rows, row_caps
 from polytask.errors import CheckpointError, ConfigError, PolytaskError
 from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines
@@ -324,8 +324,10 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     weighting, sampler = build_components(cfg, list(tasks), [len(v) for v in lengths.values()])
     weighting.to(accelerator.device)
     global_batch = t.batch_size * accelerator.num_processes  # every process draws it, and takes its slice
+    rows, caps = row_caps(tasks, {n: data[n].features["train"] for n in tasks}, t.batch_size,
+                          accelerator.num_processes)  # e.g. extractive QA: windows per batch
     draws = StepDraws(sampler, lengths, global_batch, cfg.seed, t.max_steps, weighting.needs_all_tasks,
-                      grouped=t.length_grouping)
+                      grouped=t.length_grouping, rows=rows, max_rows=caps)
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = make_scheduler(t, optimizer)
     if accelerator.is_main_process:
@@ -336,6 +338,8 @@ def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
             summary = td.task.data_summary(td.examples["train"], td.features["train"])
             if summary:
                 print(f"task '{name}' train: {summary}", file=sys.stderr)
+            if name in caps:
+                print(f"task '{name}': {describe_rows(draws, name, td.task.row_unit, caps[name])}", file=sys.stderr)
     if not resuming and accelerator.is_main_process:
         save_run_files(cfg, run, tasks, tokenizer, backbone)
     return Session(cfg, run, data, tasks, model, weighting, draws, accelerator.prepare_optimizer(optimizer),
@@ -524,6 +528,8 @@ def train_event(s: Session, state: LoopState, out: StepOutcome, elapsed: float) 
     event = {"kind": "train", "step": state.step, "loss": dict(state.running), "weights": out.weights,
              "grad_norm": out.grad_norms, "lr": s.scheduler.get_last_lr()[0], "elapsed": elapsed,
              "examples": dict(s.draws.examples), "tokens": dict(s.draws.tokens)}
+    if s.draws.rows_peak:  # tasks with a row cap (extractive QA: windows): the most rows of one batch so far
+        event["rows_peak"] = dict(s.draws.rows_peak)
     bases = s.scheduler.base_lrs  # the heads' own group when train.head_lr differs from train.lr
     if t.head_lr and t.head_lr != t.lr and t.head_lr in bases:
         event["head_lr"] = s.scheduler.get_last_lr()[bases.index(t.head_lr)]

@@ -27,14 +27,17 @@ def train_lengths(cfg: Config, prepared: Prepared | None = None) -> dict[str, li
     return (prepared or Prepared(cfg, splits=("train",))).train_lengths(cfg)
 
 
-def replay(cfg: Config, lengths: dict[str, list[int]], steps: int) -> dict[str, Any]:
+def replay(cfg: Config, lengths: dict[str, list[int]], steps: int, rows: dict[str, list[int]] | None = None,
+           caps: dict[str, int] | None = None) -> dict[str, Any]:
     """Examples and tokens per task per step that ``train`` drew in its first ``steps`` steps.
 
-    Delegates to :func:`polytask.draws.replay` (what the trainer draws). Returns the task names
+    Delegates to :func:`polytask.draws.replay` (what the trainer draws); ``rows`` and ``caps``:
+    the tasks that cap their rows per batch (:meth:`Prepared.train_rows`). Returns the task names
     and per-step lists ``examples[step][task_index]`` and ``tokens[step][task_index]``.
     """
     ordered = {tc.name: lengths[tc.name] for tc in cfg.tasks}  # stream seeds follow the config's task order
-    return draws.replay(cfg, ordered, steps, all_tasks=weighting_class(cfg.weighting.name).needs_all_tasks)
+    return draws.replay(cfg, ordered, steps, all_tasks=weighting_class(cfg.weighting.name).needs_all_tasks,
+                        rows=rows, max_rows=caps)
 
 
 def steps_done(summary: dict, events: list[dict]) -> int:
@@ -76,7 +79,8 @@ def account(run: SubRun, prepared: Prepared | None = None) -> dict[str, Any]:
     summary = folder.read_summary()
     events = folder.events()
     steps = steps_done(summary, events)
-    rep = replay(run.cfg, train_lengths(run.cfg, prepared), steps)
+    prepared = prepared or Prepared(run.cfg, splits=("train",))
+    rep = replay(run.cfg, train_lengths(run.cfg, prepared), steps, *prepared.train_rows(run.cfg))
     names = rep["tasks"]
     every = run.cfg.train.checkpoint_every or run.cfg.train.eval_every
     speed = throughput(events, [sum(row) for row in rep["examples"]], [sum(row) for row in rep["tokens"]],

@@ -33,6 +33,7 @@ class Prepared:
         self.data: dict[str, TaskData] = prepare(self.cfg, splits=self.splits)
         self._other: dict[str, TaskData] = {}  # tasks a sub-run reads differently, by _data_key
         self._lengths: dict[str, list[int]] = {}  # by _lengths_key
+        self._rows: dict[str, list[int]] = {}  # forward rows per example (QA windows), by _lengths_key
         self._tokenizers: dict[str, Any] = {}
 
     @property
@@ -50,8 +51,20 @@ class Prepared:
                 td = self.task_data(cfg, tc)
                 feats = td.task.encode(td.examples["train"], self.tokenizer(cfg.model), cfg.model.max_length)
                 self._lengths[key] = [feature_length(f) for f in feats]
+                self._rows[key] = [td.task.batch_rows(f) for f in feats]
             out[tc.name] = self._lengths[key]
         return out
+
+    def train_rows(self, cfg: Config) -> tuple[dict[str, list[int]], dict[str, int]]:
+        """Rows per training example and the cap per batch of the tasks of ``cfg`` that cap their
+        rows (extractive QA's windows, :func:`polytask.draws.row_caps`), as ``train`` draws them."""
+        self.train_lengths(cfg)
+        rows, caps = {}, {}
+        for tc in cfg.tasks:
+            cap = self.task_data(cfg, tc).task.max_batch_rows(cfg.train.batch_size)
+            if cap is not None:
+                rows[tc.name], caps[tc.name] = self._rows[_lengths_key(cfg, tc)], cap
+        return rows, caps
 
     def task_data(self, cfg: Config, tc: TaskConfig) -> TaskData:
         """Task ``tc``'s examples as a run of ``cfg`` reads them (the base data when they agree)."""

@@ -9,7 +9,10 @@ as Hugging Face's ``{text: [...], answer_start: [...]}`` or, in flat files, as t
 One example is one question; its feature holds all of its windows (:mod:`polytask.tasks.spans`:
 question + context windows of ``max_length`` tokens overlapping by ``doc_stride``), so a batch of
 ``B`` questions is ``W >= B`` windows, padded to the longest window of the batch. Budgets and
-batch sizes count questions; the windows are logged next to them.
+batch sizes count questions; the windows are logged next to them. A training batch holds at
+most ``max_windows_per_batch`` windows (default 1.5 x ``train.batch_size``): it stops taking
+questions at the cap (:func:`polytask.batching.cut`), so length grouping cannot gather a batch of
+3x the average windows; a question is never split (one over the cap is a batch of its own).
 
 Head (Devlin et al. 2019, sec. 4.2): dropout and one linear layer from each token state to a
 start and an end logit, ``(W, T, 2)``. Loss: the mean of the start and the end cross-entropy over
@@ -23,6 +26,7 @@ question and the best no-answer threshold.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import torch
@@ -53,6 +57,7 @@ class ExtractiveQATask(Task):
     text_fields = ("question", "context")
     optional_fields = ("id",)
     target_field = "answers"
+    row_unit = "windows"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -175,6 +180,15 @@ class ExtractiveQATask(Task):
         start = F.nll_loss(logp[..., 0], batch["labels"][:, 0])
         end = F.nll_loss(logp[..., 1], batch["labels"][:, 1])
         return (start + end) / 2
+
+    def batch_rows(self, feature: dict) -> int:
+        """A question is one row per window."""
+        return len(feature["sizes"])
+
+    def max_batch_rows(self, batch_size: int) -> int:
+        """``max_windows_per_batch``, by default 1.5 x the batch's questions (rounded up)."""
+        cap = self.cfg.max_windows_per_batch
+        return cap if cap is not None else math.ceil(1.5 * batch_size)
 
     def loss_units(self, feature: dict) -> int:
         """The mean is over windows: this question's windows."""
