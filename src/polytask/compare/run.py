@@ -7,8 +7,9 @@ trains every unfinished sub-run on the configured executor (:mod:`polytask.compa
 report. One sub-run (training, resuming, isolation) is :mod:`polytask.compare.subrun`; local
 placement (``--jobs N``, one GPU or one thread each) is :mod:`polytask.compare.executors.local`.
 
-An executor that lets the sweep go on past a failed sub-run (``ray``) still gets the report
-written, with the missing sub-runs marked; the command then fails with every failure's message.
+Every executor lets the sweep go on past a sub-run that fails while training: the report is
+still written, with the missing sub-runs marked; the command then fails with every failure's
+message (a rerun retries only those). Ctrl-C and configuration errors stop it at once.
 """
 
 from __future__ import annotations
@@ -128,9 +129,10 @@ def _notes(plan: Plan, echo: Callable[[str], None]) -> None:
 
 
 def _train_missing(plan: Plan, isolate: bool, progress: bool, echo: Callable[[str], None],
-                   slots: DeviceSlots | None = None) -> None:
-    """Train the plan's unfinished sub-runs here (:func:`~polytask.compare.executors.local.train_runs`)."""
-    train_runs(plan.runs, isolate, progress, echo, slots)
+                   slots: DeviceSlots | None = None) -> dict[str, str]:
+    """Train the plan's unfinished sub-runs here (:func:`~polytask.compare.executors.local.train_runs`);
+    returns the failed ones, ``{key: error}``."""
+    return train_runs(plan.runs, isolate, progress, echo, slots)
 
 
 __all__ = ["DeviceSlots", "Slot", "gpu_ids", "run_compare", "run_job", "run_subrun", "train_measured",

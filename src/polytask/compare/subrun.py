@@ -15,6 +15,12 @@ only its best weights, events, summary, predictions and resources.
 its memory is returned afterwards; the child gets SIGTERM (and checkpoints) if its parent dies
 (the compare process, or the Ray worker that ran it). :func:`train_measured` writes
 ``resources.json`` (wall time, peak memory, load) next to the run.
+
+**Failures.** A sub-run that fails while it trains raises :class:`SubRunFailed`, whose message
+carries its last ``train.log`` lines (isolated) or its traceback's last lines (in this process);
+every executor records it, prints :func:`failed_line` and trains the others. Ctrl-C
+(``KeyboardInterrupt``, or the trainer's ``Interrupted`` after its checkpoint) and a finished
+sub-run whose saved config differs (``ConfigError``) are not sub-run failures: they stop the comparison.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from polytask.compare.plan import SubRun, check_finished
@@ -32,6 +39,15 @@ from polytask.config import Config, from_dict, to_dict
 from polytask.errors import ConfigError, PolytaskError
 from polytask.files import read_json, write_json
 from polytask.run_folder import RunFolder, latest_good_checkpoint
+
+
+class SubRunFailed(PolytaskError):
+    """A sub-run failed by itself while it trained; the message says which and shows its last log lines."""
+
+
+def failed_line(i: int, n: int, key: str, error: str) -> str:
+    """The progress line of a failed sub-run, the same on every executor: ``[i/n] KEY: failed: <first line>``."""
+    return f"[{i}/{n}] {key}: failed: {error.splitlines()[0] if error else ''}"
 
 
 def _load1() -> float | None:
@@ -136,13 +152,30 @@ def _run_isolated(run: SubRun, resume: bool, progress: bool, threads: int | None
         proc = subprocess.run([sys.executable, "-m", "polytask.compare", str(job)], stdout=out, env=env,
                               stderr=None if progress else subprocess.STDOUT, preexec_fn=_stop_with_parent)
     if proc.returncode != 0:
-        raise PolytaskError(f"sub-run {run.key} failed (exit {proc.returncode}); {log_tail(log_path)}")
+        raise SubRunFailed(f"sub-run {run.key} failed (exit {proc.returncode}); {log_tail(log_path)}")
 
 
 def log_tail(log_path: Path, n: int = 15) -> str:
     """``last lines of LOG:`` and its last ``n`` lines, indented (what a failed sub-run's error shows)."""
     tail = log_path.read_text(errors="replace").splitlines()[-n:] if log_path.exists() else ["(no log written)"]
     return f"last lines of {log_path}:\n" + "\n".join("  " + line for line in tail)
+
+
+def _train_here(run: SubRun, resume: bool, progress: bool) -> None:
+    """Train ``run`` in this process; an error of its own becomes :class:`SubRunFailed` with the
+    traceback's last 15 lines (there is no ``train.log``: the output went to this terminal).
+    Ctrl-C (``KeyboardInterrupt``, or ``Interrupted`` once the trainer has checkpointed) passes through."""
+    from polytask.train import Interrupted
+
+    try:
+        train_measured(run.cfg, resume=resume, progress=progress)
+    except Interrupted:
+        raise
+    except Exception as exc:  # not BaseException: KeyboardInterrupt and SystemExit stop the comparison
+        tail = "".join(traceback.format_exception(exc)).splitlines()[-15:]
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SubRunFailed(f"sub-run {run.key} failed in this process ({type(exc).__name__}: {first}); last lines "
+                           "of its traceback:\n" + "\n".join("  " + line for line in tail)) from exc
 
 
 def run_job(job_path: str) -> int:
@@ -174,7 +207,8 @@ def _can_resume(run: SubRun) -> bool:
 
 def run_subrun(run: SubRun, isolate: bool, progress: bool = False, threads: int | None = None,
                extra_env: dict[str, str] | None = None) -> str:
-    """Train ``run`` unless finished; returns 'done', 'resumed' or 'trained'."""
+    """Train ``run`` unless finished; returns 'done', 'resumed' or 'trained'. Raises
+    :class:`SubRunFailed` when it fails while training, ``ConfigError`` when it finished with another config."""
     if run.finished:
         check_finished(run)
         return "done"
@@ -182,7 +216,7 @@ def run_subrun(run: SubRun, isolate: bool, progress: bool = False, threads: int 
     if isolate:
         _run_isolated(run, resume, progress, threads, extra_env)
     else:
-        train_measured(run.cfg, resume=resume, progress=progress)
+        _train_here(run, resume, progress)
     if run.finished:
         run.folder.drop_checkpoints()  # 27 sub-runs of the standard suite kept 14 GB of them
     return "resumed" if resume else "trained"

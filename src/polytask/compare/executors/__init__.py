@@ -6,9 +6,12 @@ sub-run with :func:`polytask.compare.subrun.run_subrun`, so a sub-run's numbers 
 where it trained (same thread count, same device kind):
 
 * ``local`` (:mod:`~polytask.compare.executors.local`, default): processes on this machine,
-  ``compare.jobs`` at once; the first failure stops the comparison.
+  ``compare.jobs`` at once.
 * ``ray`` (:mod:`~polytask.compare.executors.ray`): one Ray task per sub-run on a Ray cluster
-  (``compare.ray_address``) or a local Ray instance; failures are collected, the others go on.
+  (``compare.ray_address``) or a local Ray instance.
+
+On both, a sub-run that fails while training is collected (its error shows its last log lines,
+:class:`~polytask.compare.subrun.SubRunFailed`) and the others go on; Ctrl-C stops at once.
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@ one entry of the parent's visible list (the parent's own ``CUDA_VISIBLE_DEVICES`
 ``0 .. count-1``), so it trains on its ``cuda:0``; a GPU is given to the next sub-run only once
 its previous sub-run has ended, and N is capped at the number of GPUs (:class:`DeviceSlots`).
 
-The first failing sub-run stops the comparison (with ``--jobs N`` the others in flight finish first).
+**Failures.** A sub-run that fails while it trains (:class:`~polytask.compare.subrun.SubRunFailed`:
+its error shows its ``train.log``'s last lines) does not stop the sweep, as on Ray: compare prints
+``[i/n] KEY: failed: <first line>``, trains the others, and :meth:`LocalExecutor.train` returns
+``{key: error}``; the report marks those sub-runs missing and the command then fails listing them
+(rerunning it retries only them). Ctrl-C (``KeyboardInterrupt``) and any other error (a finished
+sub-run saved with another config, ``compare.jobs > 1`` without isolation) stop it at once: with
+``--jobs N`` no further sub-run starts, and those in flight (they get the Ctrl-C too) end first.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ import contextlib
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from polytask.compare.plan import SubRun
-from polytask.compare.subrun import run_subrun
+from polytask.compare.subrun import SubRunFailed, failed_line, run_subrun
 from polytask.config import CompareConfig, Config
 from polytask.errors import ConfigError
 
@@ -42,9 +48,8 @@ class LocalExecutor:
         self.slots, self.isolate = DeviceSlots(gpus, cc.jobs, os.cpu_count() or 1), cc.isolate
 
     def train(self, runs: list[SubRun], progress: bool, echo: Callable[[str], None]) -> dict[str, str]:
-        """Train the unfinished ``runs``; raises the first failure (nothing is left failed)."""
-        train_runs(runs, self.isolate, progress, echo, self.slots)
-        return {}
+        """Train the unfinished ``runs``; returns the failed ones, ``{key: error}`` (:func:`train_runs`)."""
+        return train_runs(runs, self.isolate, progress, echo, self.slots)
 
     def close(self) -> None:
         pass
@@ -121,30 +126,54 @@ class DeviceSlots:
 
 
 def train_runs(runs: list[SubRun], isolate: bool, progress: bool, echo: Callable[[str], None],
-               slots: DeviceSlots | None = None) -> None:
+               slots: DeviceSlots | None = None) -> dict[str, str]:
+    """Train the unfinished ``runs``, one at a time or ``slots.jobs`` at once; returns ``{key: error}``
+    of the sub-runs that failed while training (each printed as it fails; the others go on).
+    Any other exception (Ctrl-C included) stops it: no further sub-run starts, those in flight end first."""
     slots = slots or DeviceSlots([], 1, 1)
     n_jobs = slots.jobs
     if n_jobs > 1 and not isolate:
         raise ConfigError("compare.jobs > 1 needs compare.isolate: true (each sub-run in its own process)")
+    stop = threading.Event()  # set on Ctrl-C (or another error): queued sub-runs do not start
 
-    def one(i: int, run: SubRun) -> None:
+    def one(i: int, run: SubRun) -> str | None:
         started = time.perf_counter()
         with slots.slot() as slot:
+            if stop.is_set():
+                return None
             if not run.finished:  # a line per sub-run, also where no progress bar shows (a log)
                 echo(f"[{i}/{len(runs)}] {run.key}: training{f' on {slot.name}' if n_jobs > 1 else ''} "
                      f"(up to {run.budget['max_steps']} steps)")
-            status = run_subrun(run, isolate, progress and n_jobs == 1, slot.threads, slot.env)
-        if status == "done":
-            return
-        summary = run.folder.read_summary()
-        echo(f"[{i}/{len(runs)}] {run.key}: {status}, {summary.get('steps', '?')} of {run.budget['max_steps']} "
-             f"steps in {time.perf_counter() - started:.0f}s (dev macro {summary.get('dev_macro', float('nan')):.4f})")
+            try:
+                status = run_subrun(run, isolate, progress and n_jobs == 1, slot.threads, slot.env)
+            except SubRunFailed as exc:
+                echo(failed_line(i, len(runs), run.key, str(exc)))
+                return str(exc)
+        if status != "done":
+            summary = run.folder.read_summary()
+            echo(f"[{i}/{len(runs)}] {run.key}: {status}, {summary.get('steps', '?')} of {run.budget['max_steps']} "
+                 f"steps in {time.perf_counter() - started:.0f}s "
+                 f"(dev macro {summary.get('dev_macro', float('nan')):.4f})")
+        return None
+
+    def guarded(i: int, run: SubRun) -> str | None:  # in a pool thread: an error stops the queue before it is seen
+        try:
+            return one(i, run)
+        except BaseException:
+            stop.set()
+            raise
 
     if n_jobs == 1:
-        for i, run in enumerate(runs, 1):
-            one(i, run)
-        return
-    echo(f"training {slots.describe()}")
-    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-        for future in [pool.submit(one, i, run) for i, run in enumerate(runs, 1)]:
-            future.result()  # the first failure is raised here (the others finish first)
+        errors = {run.key: one(i, run) for i, run in enumerate(runs, 1)}
+    else:
+        echo(f"training {slots.describe()}")
+        pool = ThreadPoolExecutor(max_workers=n_jobs)
+        try:
+            futures = {pool.submit(guarded, i, run): run.key for i, run in enumerate(runs, 1)}
+            errors = {futures[f]: f.result() for f in as_completed(futures)}  # raises as soon as one raises
+        except BaseException:
+            stop.set()
+            raise
+        finally:  # waits for the sub-runs in flight; the queued ones are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+    return {run.key: errors[run.key] for run in runs if errors.get(run.key)}

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from polytask.compare.plan import SubRun, check_finished
-from polytask.compare.subrun import log_tail, run_subrun
+from polytask.compare.subrun import failed_line, log_tail, run_subrun
 from polytask.config import CompareConfig, Config
 from polytask.errors import PolytaskError
 from polytask.run_folder import RunFolder
@@ -229,7 +229,7 @@ class RayExecutor:
                  f"{run.budget['max_steps']} steps in {time.perf_counter() - started:.0f}s "
                  f"(dev macro {summary.get('dev_macro', float('nan')):.4f})")
             return None
-        echo(f"[{i}/{n}] {run.key}: failed: {error.splitlines()[0] if error else ''}")
+        echo(failed_line(i, n, run.key, error))
         return error
 
     def _cancel(self, pending: dict, echo: Callable[[str], None]) -> None:
