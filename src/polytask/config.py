@@ -78,7 +78,8 @@ class TaskConfig:
     max_answer_length: int = 30  # tokens
     n_best: int = 20  # best spans kept per window while decoding
     allow_unanswerable: bool = False  # SQuAD 2.0: questions without answers
-    null_threshold: float = 0.0  # no answer when the [CLS] start+end logit beats the best span's by more than this
+    # no answer when the [CLS] start+end logit beats the best span's by more than this; auto: tuned on dev
+    null_threshold: float | Literal["auto"] = 0.0
     max_windows_per_batch: int | None = None  # windows one training batch may hold (default: 1.5 x train.batch_size)
     # segmentation / detection on images (docs/vision.md)
     ignore_index: int | None = None  # segmentation: the mask value neither trained nor scored (Pets trimaps: 3)
@@ -552,8 +553,23 @@ def _check_ranges(cfg: Config, source: str) -> None:
         if not (math.isfinite(value) and 0 <= value < 1):
             raise ConfigError(f"{source}: {key}: must be in [0, 1), got {value}")
     for i, task in enumerate(cfg.tasks):
+        _check_null_threshold(task, i, source)
         if not 0 <= task.data.max_invalid <= 1:
             raise ConfigError(f"{source}: tasks[{i}].data.max_invalid: must be in [0, 1], got {task.data.max_invalid}")
+
+
+def _check_null_threshold(task: TaskConfig, i: int, source: str) -> None:
+    """``null_threshold: auto`` tunes SQuAD 2.0's no-answer threshold on dev: it needs both."""
+    if task.null_threshold != "auto":
+        return
+    if not task.allow_unanswerable:
+        raise ConfigError(f"{source}: tasks[{i}].null_threshold: auto tunes the no-answer threshold on dev, but "
+                          f"task '{task.name}' does not allow unanswerable questions (every question is answered, "
+                          f"the threshold is never used); set tasks[{i}].allow_unanswerable: true (SQuAD 2.0) or "
+                          f"remove null_threshold")
+    if task.data.dev is None and task.data.format != "synthetic":
+        raise ConfigError(f"{source}: tasks[{i}].null_threshold: auto tunes the threshold on dev, but task "
+                          f"'{task.name}' has no data.dev; add a dev split or set a number")
 
 
 # Sanity bounds: past them a setting is a typo, not a plan (numpy and torch seeds are 32-bit; a

@@ -453,11 +453,28 @@ def finish(s: Session, state: LoopState) -> None:
             summary[f"{split}_macro"] = macro_score(results, s.tasks)
             if s.main:
                 s.run.write_predictions(split, predictions)  # per example: what compare's intervals resample
+        if split == "dev":
+            summary.update(tune_on_dev(s, results or {}))  # before test: test is scored with what dev chose
     if not s.main:
         return
     s.run.write_summary(summary)
     plot_training(s.run.events(), s.run.plot_path)
     write_run_report(s.run)  # report.html next to training.png
+
+
+def tune_on_dev(s: Session, dev: dict) -> dict:
+    """Settings the tasks choose on the best weights' dev metrics (:meth:`Task.tune_on_dev`, e.g.
+    extractive QA's ``null_threshold: auto``): printed, kept in the run's vocab.json (what
+    ``load``, ``serve`` and the exports read), and returned for summary.json as ``tuned``."""
+    tuned = {n: c for n, task in s.tasks.items() if (c := task.tune_on_dev(dev.get(n))) is not None}
+    if not tuned:
+        return {}
+    if s.main:
+        s.run.write_vocab({n: t.vocab_state() for n, t in s.tasks.items()})
+        for name, chosen in tuned.items():
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in chosen.items())
+            print(f"task '{name}': tuned on dev: {shown}", file=sys.stderr)
+    return {"tuned": tuned}
 
 
 # ---------------------------------------------------------------------------------------------

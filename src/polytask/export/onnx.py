@@ -153,7 +153,7 @@ def task_entry(pred: Predictor, name: str) -> dict:
         cfg = task.cfg
         entry.update(shape=["batch", "sequence", 2], max_length=pred.cfg.model.max_length, doc_stride=cfg.doc_stride,
                      max_answer_length=cfg.max_answer_length, n_best=cfg.n_best,
-                     allow_unanswerable=cfg.allow_unanswerable, null_threshold=cfg.null_threshold,
+                     allow_unanswerable=cfg.allow_unanswerable, null_threshold=task.null_threshold,
                      note="start and end logits per token of a question + context window; decoding: docs/qa.md")
     else:
         entry.update(shape=["batch", len(task.labels)], labels=list(task.labels),

@@ -37,7 +37,8 @@ def export_qa(pred, name: str, out: Path, tolerance: float) -> str | None:
     cfg = pred.tasks[name].cfg
     settings = {"max_length": pred.cfg.model.max_length, "doc_stride": cfg.doc_stride,
                 "max_answer_length": cfg.max_answer_length, "n_best": cfg.n_best,
-                "allow_unanswerable": cfg.allow_unanswerable, "null_threshold": cfg.null_threshold}
+                "allow_unanswerable": cfg.allow_unanswerable,
+                "null_threshold": pred.tasks[name].null_threshold}  # a number: null_threshold auto's tuned one
     (out / "polytask_qa.json").write_text(json.dumps(settings, indent=2))
     return None
 

@@ -230,6 +230,12 @@ class Task:
     def load_vocab_state(self, state: dict) -> None:
         pass
 
+    def tune_on_dev(self, dev_metrics: dict[str, float] | None) -> dict[str, float] | None:
+        """Settings chosen on dev at the end of training (the best model's dev metrics), kept in
+        :meth:`vocab_state`; what was chosen, or None (the default: nothing is tuned). E.g.
+        extractive QA's ``null_threshold: auto``."""
+        return None
+
     # -- tensors -----------------------------------------------------------------------------
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
         """Tokenize examples (one tokenizer call for all) and attach their targets; with bound

@@ -20,7 +20,10 @@ each window's eligible positions (context tokens and [CLS]), averaged over windo
 Decoding: the best span over all windows of a question by start + end logit, as the
 transformers QA examples post-process, optionally no answer (SQuAD 2.0).
 Metrics: exact match and F1 (main metric), for SQuAD 2.0 also per answerable / unanswerable
-question and the best no-answer threshold.
+question and the best no-answer threshold. ``null_threshold: auto`` (SQuAD 2.0 tasks only) sets
+the threshold at the end of training to the one that maximises dev F1 (:meth:`tune_on_dev`;
+the SQuAD 2.0 script's ``best_f1_threshold``); it is kept in the task's saved state, so a loaded
+run, ``serve`` and the exports use it. Until then (evaluations during training) it is 0.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ExtractiveQATask(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.tuned_threshold: float | None = None  # null_threshold: auto, once tuned on dev
         if cfg.doc_stride < 0 or cfg.max_answer_length < 1 or cfg.n_best < 1:
             raise ConfigError(f"tasks[{cfg.name}]: doc_stride must be >= 0, max_answer_length and n_best >= 1 "
                               f"(got {cfg.doc_stride}, {cfg.max_answer_length}, {cfg.n_best})")
@@ -117,6 +121,32 @@ class ExtractiveQATask(Task):
                 return [], msg
             out.append(got)
         return out, None
+
+    # -- the no-answer threshold ---------------------------------------------------------------
+    @property
+    def null_threshold(self) -> float:
+        """The threshold decoding uses: the configured number, or under ``auto`` the one tuned on
+        dev (0 before tuning). Setting ``cfg.null_threshold`` to a number on a loaded task wins."""
+        value = self.cfg.null_threshold
+        if value != "auto":
+            return float(value)
+        return self.tuned_threshold if self.tuned_threshold is not None else 0.0
+
+    def tune_on_dev(self, dev_metrics: dict[str, float] | None) -> dict[str, float] | None:
+        """Under ``null_threshold: auto``: take dev's ``best_f1_threshold`` (the threshold that
+        maximises dev F1, :func:`spans.best_threshold`) as this task's threshold; what was chosen,
+        or None (a set threshold, or no dev metrics to tune on)."""
+        if self.cfg.null_threshold != "auto" or not dev_metrics or "best_f1_threshold" not in dev_metrics:
+            return None
+        self.tuned_threshold = float(dev_metrics["best_f1_threshold"])
+        return {"null_threshold": self.tuned_threshold, "dev_best_f1": float(dev_metrics["best_f1"])}
+
+    def vocab_state(self) -> dict:
+        return {} if self.tuned_threshold is None else {"null_threshold": self.tuned_threshold}
+
+    def load_vocab_state(self, state: dict) -> None:
+        if state.get("null_threshold") is not None:
+            self.tuned_threshold = float(state["null_threshold"])
 
     # -- tensors -----------------------------------------------------------------------------
     def encode(self, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
@@ -208,7 +238,7 @@ class ExtractiveQATask(Task):
                                        [meta["offsets"][r] for r in rows], [meta["cls"][r] for r in rows],
                                        self.cfg.max_answer_length, self.cfg.n_best)
             preds.append(S.answer(meta["context"][q], spans, null, self.cfg.allow_unanswerable,
-                                  self.cfg.null_threshold))
+                                  self.null_threshold))
         return preds
 
     def reference(self, example: Example) -> list[str]:
