@@ -11,7 +11,7 @@ from pathlib import Path
 from polytask.adapt.core import head_cache, head_learner, model_learner, prepare_new, refs_of, start_backbone
 from polytask.adapt.fit import evaluate_split, fit
 from polytask.adapt.shots import k_shot, stratifies
-from polytask.adapt.spec import AdaptError, check_new_name, check_source, check_tune, new_task_config
+from polytask.adapt.spec import AdaptError, check_applies, check_new_name, check_source, check_tune, new_task_config
 from polytask.backbones.layout import hidden_size
 from polytask.predict import Predictor
 
@@ -23,6 +23,7 @@ def curve_setup(run_dir: str | Path, task: dict | str | Path, shots: list[int], 
     run, src_cfg = check_source(run_dir)
     new = new_task_config(src_cfg, task, overrides)
     check_new_name(src_cfg, new)
+    check_applies(tune, new)
     if seeds < 1:
         raise AdaptError(f"--seeds: expected a positive number, got {seeds}")
     source = Predictor.load(run.path)

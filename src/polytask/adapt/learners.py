@@ -15,24 +15,28 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from polytask.batching import eval_batches
+from polytask.architectures.base import Architecture
+from polytask.batching import eval_batches, feature_length
 from polytask.evaluate import predict_features
 
 
 @torch.no_grad()
 def encode_cached(arch, task, feats: list[dict], indices, pad_id: int, batch_size: int,
                   desc: str = "encode", progress: bool = True) -> dict[int, Tensor]:
-    """``{i: (T_i, H) token states}`` of examples ``indices`` from a shared-encoder architecture."""
+    """``{i: (T_i, H) states}`` of examples ``indices`` from a shared-encoder architecture: a text
+    example's real token states (padding cut by the attention mask); an image's every position of
+    its last feature map (B, 1 + H * W, C), the global average first, all real."""
     arch.eval()
     indices = sorted(set(indices))
     out: dict[int, Tensor] = {}
-    order = eval_batches([len(feats[i]["input_ids"]) for i in indices], batch_size)
+    order = eval_batches([feature_length(feats[i]) for i in indices], batch_size)
     for rows in tqdm(order, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         idx = [indices[r] for r in rows]
         batch = task.collate([feats[i] for i in idx], pad_id)
         hidden = arch.encode(batch)  # (B, T, H)
+        real = arch.positions_mask(batch, hidden).sum(dim=1)  # (B,) positions before the padding
         for j, i in enumerate(idx):
-            out[i] = hidden[j, :len(feats[i]["input_ids"])].clone()
+            out[i] = hidden[j, :int(real[j])].clone()
     return out
 
 
@@ -55,7 +59,7 @@ class CachedHead:
     def _forward(self, split: str, idx: list[int]) -> tuple[Tensor, dict]:
         batch = self.task.collate([self.feats[split][i] for i in idx], self.pad_id)
         hidden = pad_sequence([self.cache[split][i] for i in idx], batch_first=True)  # (B, T, H)
-        return self.head(hidden, batch["attention_mask"]), batch
+        return self.head(hidden, Architecture.positions_mask(batch, hidden)), batch
 
     def loss(self, idx: list[int]) -> Tensor:
         self.head.train()
@@ -67,7 +71,7 @@ class CachedHead:
         self.head.eval()
         feats = self.feats[split]
         preds: list = [None] * len(feats)
-        for idx in eval_batches([len(f["input_ids"]) for f in feats], batch_size):
+        for idx in eval_batches([feature_length(f) for f in feats], batch_size):
             out, batch = self._forward(split, idx)
             for i, p in zip(idx, self.task.decode(out, batch)):
                 preds[i] = p

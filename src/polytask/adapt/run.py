@@ -24,7 +24,7 @@ from pathlib import Path
 from polytask.adapt.core import head_cache, head_learner, lora_args, prepare_new, refs_of, tuned_model
 from polytask.adapt.fit import evaluate_split, fit
 from polytask.adapt.learners import ModelLearner
-from polytask.adapt.spec import AdaptError, NewTask, check_new_name, check_source, check_tune, new_task_config
+from polytask.adapt.spec import AdaptError, check_applies, NewTask, check_new_name, check_source, check_tune, new_task_config
 from polytask.architectures import build_architecture
 from polytask.backbones.layout import hidden_size
 from polytask.config import ComponentConfig
@@ -42,6 +42,7 @@ def adapt(run_dir: str | Path, task: dict | str | Path, out_dir: str | Path, tun
     run, src_cfg = check_source(run_dir)
     new = new_task_config(src_cfg, task, overrides)
     check_new_name(src_cfg, new)
+    check_applies(tune, new)
     out = RunFolder(out_dir)
     if out.path.resolve() == run.path.resolve():
         raise AdaptError(f"--out {out.path}: the adapted run needs its own folder (not the source run's)")

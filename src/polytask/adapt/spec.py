@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from polytask.backbones import has_encoder
 from polytask.config import Config, apply_override, from_dict, to_dict
 from polytask.errors import CheckpointError, ConfigError
 from polytask.run_folder import RunFolder
@@ -91,15 +92,15 @@ def new_task_config(run_cfg: Config, task: dict | str | Path, overrides: list[st
 
 
 def check_source(run_dir: str | Path) -> tuple[RunFolder, Config]:
-    """A finished run folder that adapt can start from (hard sharing, an encoder backbone)."""
+    """A finished run folder that adapt can start from (hard sharing, a text or image encoder)."""
     run = RunFolder(run_dir)
     if not run.path.is_dir():
         raise CheckpointError(f"{run.path} is not a run folder (no such directory)")
     run.require_complete()
     cfg = run.read_config()
-    if cfg.model.kind != "encoder":
-        raise AdaptError(f"{run.path}: adapt needs an encoder backbone (model.kind: encoder); this run has "
-                         f"model.kind: {cfg.model.kind}")
+    if not has_encoder(cfg.model):
+        raise AdaptError(f"{run.path}: adapt needs a backbone with a task-independent encoder pass (model.kind: "
+                         f"encoder or vision); this run has model.kind: {cfg.model.kind}")
     if cfg.architecture.name not in SUPPORTED_ARCHITECTURES:
         raise AdaptError(f"{run.path}: adapt supports runs with architecture 'hard' (one encoder shared by every "
                          f"task, which a new head can read); this run has '{cfg.architecture.name}', whose encoder "
@@ -112,6 +113,26 @@ def check_new_name(run_cfg: Config, new: NewTask) -> None:
     if new.name in names:
         raise AdaptError(f"{new.source}: name: the run already has a task '{new.name}' (it has: {', '.join(names)}); "
                          f"give the new task another name")
+
+
+def check_applies(tune: str, new: NewTask) -> None:
+    """Refuse a tuning mode the backbone or the new task cannot take, before any data is read:
+    ``lora`` builds the per-task adapter architecture, which says itself which backbones it
+    cannot adapt (``Architecture.refuses``: a CNN has no attention projections); ``head`` trains
+    on cached last states, which a task whose head reads the feature pyramid (``Task.reads_maps``:
+    segmentation, detection) cannot use."""
+    from polytask.architectures import architecture_class
+    from polytask.backbones.io import io_of_kind
+    from polytask.tasks import REGISTRY
+
+    kind, tc = new.cfg.model.kind, new.cfg.tasks[0]
+    why = architecture_class("adapters").refuses(io_of_kind(kind)) if tune == "lora" else None
+    if why:
+        raise AdaptError(f"--tune lora: the LoRA adapters cannot be used with model.kind={kind}: {why.split(';')[0]}; "
+                         f"use --tune head or --tune full")
+    if tune == "head" and getattr(REGISTRY.get(tc.type), "reads_maps", False):
+        raise AdaptError(f"{new.source}: type: --tune head trains on the encoder's cached last states, but a "
+                         f"{tc.type} head reads the whole feature pyramid; use --tune full")
 
 
 def check_tune(tune: str) -> str:

@@ -16,6 +16,7 @@ class Kind(NamedTuple):
     load_model_cfg: Callable | None = None  # (ModelConfig) -> (model, processor), when load needs more than the name
     saved_processor: Callable | None = None  # (run's tokenizer folder) -> its input processor, when not a tokenizer
     processor: Callable | None = None  # (ModelConfig) -> its input processor without the weights, when not a tokenizer
+    encoder: bool = True  # one task-independent encoder pass whose states a new head reads (polytask adapt)
 
 
 def _encoder() -> Kind:
@@ -27,7 +28,7 @@ def _encoder() -> Kind:
 def _causal_lm() -> Kind:
     from polytask.backbones.causal_lm import causal_lm_from_config, load_causal_lm
 
-    return Kind(load_causal_lm, causal_lm_from_config)
+    return Kind(load_causal_lm, causal_lm_from_config, encoder=False)
 
 
 def _vision() -> Kind:
@@ -89,6 +90,12 @@ def input_processor(model_cfg):
     return AutoTokenizer.from_pretrained(resolve_backbone(model_cfg.backbone), trust_remote_code=trust_remote_code())
 
 
+def has_encoder(model_cfg) -> bool:
+    """Whether ``model.kind`` gives one task-independent encoder pass a new task head can read (a
+    text encoder's token states, a CNN's feature maps; not a decoder LLM's next-token logits)."""
+    return KINDS[model_cfg.kind]().encoder
+
+
 def backbone_from_config(model_cfg, config_dir: str | Path):
     """An untrained backbone of the architecture saved in ``config_dir`` (weights come later)."""
     return KINDS[model_cfg.kind]().from_config(config_dir, model_cfg.dtype)
@@ -142,4 +149,4 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-__all__ = ["KINDS", "backbone_from_config", "input_processor", "saved_processor", "check_max_length", "load_backbone", "pad_id", "pretrained_config"]
+__all__ = ["KINDS", "backbone_from_config", "has_encoder", "input_processor", "saved_processor", "check_max_length", "load_backbone", "pad_id", "pretrained_config"]
