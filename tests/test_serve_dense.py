@@ -17,6 +17,7 @@ pytest.importorskip("python_multipart")
 from PIL import Image  # noqa: E402
 from test_serve import start_server, stop_server  # noqa: E402
 from test_vision_dense_joint import config, write_split  # noqa: E402
+from vision_helpers import train_tiny_image_run  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -24,21 +25,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
     """The three tasks on a random two-stage ResNet, 6 steps (the predictions' shape is tested, not their quality)."""
-    import torch
-    from transformers import ResNetConfig, ResNetModel
-
-    from polytask.config import from_dict
-    from polytask.train import train
-
     root = tmp_path_factory.mktemp("serve_dense")
-    torch.manual_seed(0)
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(root / "cnn")
-    write_split(root, "train", 16, 1)
-    write_split(root, "dev", 4, 2)
-    cfg = config(root, str(root / "cnn"), "hard", "imtl", max_steps=6, eval_every=6)
-    for t in cfg["tasks"]:
-        t.setdefault("score_threshold", 0.0)  # detection: an untrained head's boxes still come back
-    return root, train(from_dict(cfg), progress=False)
+
+    def make_config(backbone: str) -> dict:
+        cfg = config(root, backbone, "hard", "imtl", max_steps=6, eval_every=6)
+        for t in cfg["tasks"]:
+            t.setdefault("score_threshold", 0.0)  # detection: an untrained head's boxes still come back
+        return cfg
+
+    return root, train_tiny_image_run(root, write_split, make_config, 16, 4)
 
 
 def test_the_server_returns_boxes_and_a_mask(dense_run):

@@ -20,6 +20,7 @@ pytest.importorskip("python_multipart")
 from PIL import Image  # noqa: E402
 from test_serve import start_server, stop_server  # noqa: E402
 from test_vision import halves, image_config, write_split  # noqa: E402
+from vision_helpers import train_tiny_image_run  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -27,18 +28,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     """Two image tasks (left / right half coloured) on a random two-stage ResNet, 4 steps."""
-    import torch
-    from transformers import ResNetConfig, ResNetModel
-
-    from polytask.config import from_dict
-    from polytask.train import train
-
     root = tmp_path_factory.mktemp("serve_images")
-    torch.manual_seed(0)
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(root / "cnn")
-    write_split(root, "train", 16, 1)
-    write_split(root, "dev", 8, 2)
-    run_dir = train(from_dict(image_config(root, str(root / "cnn"), max_steps=4, eval_every=4)), progress=False)
+    run_dir = train_tiny_image_run(root, write_split, lambda cnn: image_config(root, cnn, max_steps=4, eval_every=4),
+                                   16, 8)
     return root, run_dir
 
 
