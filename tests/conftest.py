@@ -81,7 +81,7 @@ def demo_tasks(n_train: int = 160, n_eval: int = 40) -> list[dict]:
 
 def tiny_config(backbone: str, out_dir: Path, **train) -> dict:
     """A raw config dict for a fast run on the tiny backbone. float32 (``mixed_precision: no``)
-    unless a test asks for another: the default ``auto`` is bf16 on CPUs with AMX or AVX512_BF16,
+    unless a test asks for another: the default ``auto`` is bf16 on CPUs with AMX,
     and these tests compare trajectories and numbers that are float32-exact (tests/test_precision.py
     covers ``auto``)."""
     return {

@@ -117,3 +117,23 @@ def test_transfer_benchmark_quick_runs(tmp_path):
     assert len(topic["runs"]) == 2 * 2 * 2 and [r["k"] for r in topic["summary"]] == [8, 32, 8, 32]
     assert "| 8 | " in proc.stdout and "| 32 | " in proc.stdout and "test gain" in proc.stdout
     assert (tmp_path / "topic" / "curves.png").exists() and (tmp_path / "topic" / "curves.md").exists()
+
+
+def test_bf16_speed_benchmark_runs_and_names_what_auto_takes(tiny_backbone):
+    """benchmarks/bf16_speed.py on the tiny BERT: one line per thread count and mode, the speed-up
+    their two times give, and auto's decision as polytask.precision makes it on this CPU."""
+    from polytask.precision import fast_bf16
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bf16_speed.py"), "--backbone", tiny_backbone,
+                           "--threads", "1", "--batch", "2", "--length", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"auto takes bf16 here: {fast_bf16('cpu')}" in proc.stdout
+    import re
+
+    rows = re.findall(r"threads 1 (train|infer): fp32 (\d+) ms  bf16 (\d+) ms  bf16 speed-up ([\d.]+)x", proc.stdout)
+    assert [r[0] for r in rows] == ["train", "infer"]
+    for _, fp32, bf16, speedup in rows:  # the printed ratio is the two printed times' (each rounded to
+        f, b = int(fp32), int(bf16)      # 1 ms: relative error up to 0.5/f + 0.5/b, plus 0.005 of printing)
+        if f > 0 and b > 0:
+            assert float(speedup) == pytest.approx(f / b, abs=f / b * (0.5 / f + 0.5 / b) + 0.005)

@@ -24,14 +24,15 @@ def fake_cpu(monkeypatch, tmp_path, extra: str) -> None:
     monkeypatch.setattr(precision, "CPUINFO", path)
 
 
-@pytest.mark.parametrize("extra, unit", [("avx512f amx_tile amx_bf16", "AMX"), ("avx512f avx512_bf16", "AVX512_BF16"),
-                                         ("avx512f", None), ("", None)])
-def test_auto_is_bf16_only_on_cpus_with_amx_or_avx512_bf16(monkeypatch, tmp_path, extra, unit):
+@pytest.mark.parametrize("extra, unit, auto, why", [
+    ("avx512f amx_tile amx_bf16 avx512_bf16", "AMX", "bf16", "CPU has AMX"),
+    ("avx512f avx512_bf16", "AVX512_BF16", "no", "AVX512_BF16 but no AMX, where bf16 autocast is slower"),
+    ("avx512f", None, "no", "neither AMX nor AVX512_BF16"), ("", None, "no", "neither AMX nor AVX512_BF16")])
+def test_auto_is_bf16_only_on_cpus_with_amx(monkeypatch, tmp_path, extra, unit, auto, why):
     fake_cpu(monkeypatch, tmp_path, extra)
-    assert precision.cpu_bf16_unit() == unit
-    resolved, why = resolve_mixed_precision("auto", "cpu")
-    assert resolved == ("bf16" if unit else "no")
-    assert (unit or "neither AMX nor AVX512_BF16") in why
+    assert precision.cpu_bf16_unit() == unit and native_bf16("cpu")[0] == (unit is not None)
+    resolved, reason = resolve_mixed_precision("auto", "cpu")
+    assert resolved == auto and why in reason
     assert make_accelerator("cpu", "auto").mixed_precision == resolved  # what training runs with
 
 
@@ -40,7 +41,8 @@ def test_without_cpuinfo_torchs_own_checks_decide(monkeypatch, tmp_path):
     for amx, avx in [(True, False), (False, True), (False, False)]:
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx)
-        assert resolve_mixed_precision("auto", "cpu")[0] == ("bf16" if amx or avx else "no")
+        assert resolve_mixed_precision("auto", "cpu")[0] == ("bf16" if amx else "no")
+        assert native_bf16("cpu")[0] == (amx or avx)
 
 
 @pytest.mark.parametrize("supported", [True, False])
@@ -82,11 +84,15 @@ def test_auto_is_the_default_and_a_run_records_what_it_resolved_to(tiny_backbone
 
 
 def test_inference_precision_auto_follows_the_run_and_the_hardware(monkeypatch, tmp_path):
-    fake_cpu(monkeypatch, tmp_path, "avx512_bf16")
+    fake_cpu(monkeypatch, tmp_path, "amx_tile amx_bf16 avx512_bf16")
     assert resolve_inference("auto", "cpu", trained="bf16") == "bf16"
     assert resolve_inference("auto", "cpu", trained="auto") == "bf16"
     assert resolve_inference("auto", "cpu", trained="no") == "fp32"
     assert resolve_inference("bf16", "cpu") == "bf16" and resolve_inference("fp32", "cpu") == "fp32"
+    fake_cpu(monkeypatch, tmp_path, "avx512_bf16")  # native but slower than fp32: auto stays fp32
+    assert resolve_inference("auto", "cpu", trained="bf16") == "fp32"
+    assert resolve_inference("auto", "cpu", trained="auto") == "fp32"
+    assert resolve_inference("bf16", "cpu") == "bf16"  # asked for: given
     fake_cpu(monkeypatch, tmp_path, "avx2")
     assert resolve_inference("auto", "cpu", trained="bf16") == "fp32"  # trained elsewhere: fp32 here
     with pytest.raises(PolytaskError, match=r"--precision bf16: CPU has neither AMX nor AVX512_BF16.*fp32 or int8"):

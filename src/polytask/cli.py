@@ -37,7 +37,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 OVERRIDES = typer.Argument(None, help="Config overrides like train.max_steps=100 tasks.sst2.data.max_train=500")
 ALLOW_CODE = typer.Option(False, "--allow-code", help="Import module:Class components named in the run folder's config "
                                       "(only for run folders you trust)")
-PRECISION = typer.Option("auto", "--precision", help="fp32, bf16 (autocast; CPUs with AMX/AVX512_BF16, GPUs), int8 "
+PRECISION = typer.Option("auto", "--precision", help="fp32, bf16 (autocast; CPUs with AMX or AVX512_BF16, GPUs; auto takes it on AMX CPUs and bf16 GPUs), int8 "
                          "(dynamic quantization, CPU), or auto: the run's training precision where this device "
                          "computes it natively, else fp32 (docs/serving.md)")
 

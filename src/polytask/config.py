@@ -167,7 +167,7 @@ class TrainConfig:
     workers: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: what Accelerate picks (CUDA, MPS, else CPU)
     # autocast through Accelerate; fp16 adds a gradient scaler; auto: bf16 where the device computes
-    # it natively (CUDA with bf16, CPUs with AMX or AVX512_BF16; printed at start), else no (float32)
+    # it natively (CUDA with bf16, CPUs with AMX; printed at start), else no (float32)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # fsdp: parameters, gradients and optimizer state sharded over the processes (torch FSDP2
     # fully_shard per transformer block; docs/distributed.md, polytask.sharding); none: data parallel

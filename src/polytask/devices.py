@@ -3,7 +3,7 @@
 ``train.device: auto`` (default) takes what Accelerate picks (a CUDA GPU, else Apple MPS, else
 the CPU); ``cpu`` forces the CPU; ``cuda`` / ``mps`` require that device and fail clearly
 without it. ``train.mixed_precision: auto`` (default) is bf16 where that device computes bf16
-natively (CUDA with bf16, CPUs with AMX or AVX512_BF16: :mod:`polytask.precision`) and float32
+fast (CUDA with bf16, CPUs with AMX: :mod:`polytask.precision`) and float32
 elsewhere; ``no`` forces float32. ``bf16 | fp16`` runs forward passes under Accelerate's
 autocast; fp16 adds Accelerate's gradient scaler (a step whose scaled gradients overflow is
 skipped by the scaler, as in every fp16 recipe). Task-gradient Gram matrices are float32

@@ -1,8 +1,7 @@
 """Numeric precision: which devices compute bf16 natively, training's ``train.mixed_precision:
 auto``, and inference precision (``--precision`` of ``predict``, ``evaluate`` and ``serve``).
 
-Native bf16 means the hardware multiplies bf16 matrices itself, so autocast to bf16 is faster
-than float32, not an emulation that is slower:
+Native bf16 means the hardware multiplies bf16 matrices itself rather than emulating them:
 
 - CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer).
 - CPU: the ``amx_bf16`` or ``avx512_bf16`` flag in ``/proc/cpuinfo`` (Linux), or torch's own
@@ -11,14 +10,22 @@ than float32, not an emulation that is slower:
   other Arm CPUs) emulate bf16 and stay in float32.
 - MPS: float32 (not measured here).
 
+Native is not always faster. On a CPU, only AMX (its tile units multiply bf16 matrices) made
+bf16 autocast faster than float32: 2.1x for the demo's training, 2.7x for MiniLM inference. A
+Xeon exposing AVX512_BF16 but not AMX ran the same MiniLM steps (batch 32, 48 tokens, torch
+2.13) at 0.69x (training) and 0.56x (inference) of float32 speed on one thread, 0.83x / 0.54x on
+two, and the standard suite's training at 0.62x (BENCHMARKS.md, "bf16 on a CPU without AMX").
+So ``auto`` takes bf16 where it is *fast* (:func:`fast_bf16`: a bf16 CUDA device, or a CPU with
+AMX), while an explicit ``bf16`` is accepted wherever it is native.
+
 ``train.mixed_precision: auto`` (the default) resolves to ``bf16`` where the training device
-has native bf16 and to ``no`` (float32) elsewhere; ``no``, ``bf16`` and ``fp16`` are taken as
+computes it fast and to ``no`` (float32) elsewhere; ``no``, ``bf16`` and ``fp16`` are taken as
 given. Inference precisions: ``fp32``; ``bf16`` (forward passes under bf16 autocast: weights
 stay float32, matrix products run in bf16; refused on a CPU without native bf16, where it would
 be slower); ``int8`` (PyTorch dynamic quantization of every ``nn.Linear``: int8 weights,
 activations quantized per batch; CPU only, encoder and vision backbones only); ``auto`` = the
-run's training precision when this device computes it natively (a run trained in bf16 predicts
-in bf16), else fp32. int8 is never chosen by ``auto``: it changes some predictions (docs/serving.md
+run's training precision when this device computes it fast (a run trained in bf16 predicts
+in bf16 on a bf16 GPU or an AMX CPU), else fp32. int8 is never chosen by ``auto``: it changes some predictions (docs/serving.md
 has the measured share of identical labels).
 """
 
@@ -75,12 +82,21 @@ def native_bf16(device_type: str) -> tuple[bool, str]:
     return False, f"bf16 on {device_type} is not measured"
 
 
+def fast_bf16(device_type: str) -> tuple[bool, str]:
+    """Whether bf16 autocast runs faster than float32 on ``device_type``, and why (printed): a
+    bf16 CUDA device, or a CPU with AMX; not a CPU with AVX512_BF16 alone (measured slower)."""
+    ok, why = native_bf16(device_type)
+    if device_type == "cpu" and ok and cpu_bf16_unit() != "AMX":
+        return False, "CPU has AVX512_BF16 but no AMX, where bf16 autocast is slower than float32"
+    return ok, why
+
+
 def resolve_mixed_precision(setting: str, device_type: str) -> tuple[str, str]:
     """``train.mixed_precision`` for a device: ``(no | bf16 | fp16, why)``; ``auto`` picks bf16 only
-    where the device has native bf16, else ``no`` (float32)."""
+    where the device computes it faster than float32 (:func:`fast_bf16`), else ``no`` (float32)."""
     if setting != "auto":
         return setting, "set in the config"
-    ok, why = native_bf16(device_type)
+    ok, why = fast_bf16(device_type)
     return ("bf16" if ok else "no"), f"auto: {why}"
 
 
@@ -96,7 +112,7 @@ def resolve_inference(precision: str, device_type: str, trained: str = "no") -> 
     if precision == "auto":
         if trained == "auto":
             trained = resolve_mixed_precision("auto", device_type)[0]
-        return "bf16" if trained == "bf16" and native_bf16(device_type)[0] else "fp32"
+        return "bf16" if trained == "bf16" and fast_bf16(device_type)[0] else "fp32"
     if precision == "bf16":
         ok, why = native_bf16(device_type)
         if not ok:
