@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-answer-length", type=int, default=30)
     p.add_argument("--n-best", type=int, default=20)
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="polytask's max_windows_per_batch (default: its own, 1.5 x batch size; a large value: no cap)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="both sides: fp32, or bf16 autocast (Trainer bf16=True; polytask train.mixed_precision bf16)")
     p.add_argument("--only", choices=["reference", "polytask"], default=None, help="run one side only")
@@ -177,6 +179,7 @@ def polytask_config(args, out_dir: Path, n_train: int) -> dict:
     steps = max(1, math.ceil(args.epochs * n_train / args.batch_size))
     task = {"name": "squad", "type": "extractive_qa", "doc_stride": args.doc_stride,
             "max_answer_length": args.max_answer_length, "n_best": args.n_best,
+            **({"max_windows_per_batch": args.max_windows} if args.max_windows else {}),
             "data": {"format": "squad", "train": "squad/train.json", "dev": "squad/dev.json",
                      "max_train": args.max_train, "max_eval": args.max_eval}}
     return {"name": "qa_squad", "output_dir": str(out_dir), "data_dir": str(Path(args.data_dir).resolve()),
