@@ -19,6 +19,7 @@ from polytask.dataset import prepare
 from polytask.errors import ConfigError, DataError
 from polytask.preprocess import ImageInput, ImageProcessor
 from polytask.tasks.base import Example
+from vision_helpers import assert_sigkill_then_resume_is_exact, save_image, vision_config, write_jsonl, write_splits
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -37,28 +38,21 @@ def write_split(root, split: str, n: int, seed: int) -> None:
     rows = []
     for i in range(n):
         a, b = int(rng.integers(2)), int(rng.integers(2))
-        Image.fromarray(halves(a, b)).save(root / f"{split}{i}.png")
+        save_image(root, f"{split}{i}", halves(a, b))
         rows.append({"path": f"{split}{i}.png", "left": str(a), "right": str(b)})
-    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(root / f"{split}.jsonl", rows)
 
 
 def image_config(root, backbone: str, arch: str = "hard", weighting: str = "equal", **train) -> dict:
-    return {
-        "name": "img", "output_dir": str(root / "runs"), "data_dir": str(root),
-        "model": {"kind": "vision", "backbone": backbone, "image": {"size": 16, "flip": False}},
-        "architecture": {"name": arch}, "weighting": {"name": weighting},
-        "train": {"max_steps": 8, "batch_size": 4, "eval_every": 4, "lr": 3e-3, "warmup_ratio": 0.0,
-                  "log_every": 1, "schedule": "constant", "mixed_precision": "no", **train},
-        "tasks": [{"name": n, "type": "classification", "columns": {"image": "path", "label": n},
-                   "data": {"train": "train.jsonl", "dev": "dev.jsonl"}} for n in ("left", "right")],
-    }
+    tasks = [{"name": n, "type": "classification", "columns": {"image": "path", "label": n},
+              "data": {"train": "train.jsonl", "dev": "dev.jsonl"}} for n in ("left", "right")]
+    return vision_config("img", root, backbone, {"size": 16, "flip": False}, tasks, arch, weighting,
+                         max_steps=8, batch_size=4, eval_every=4, lr=3e-3, log_every=1, train=train)
 
 
 @pytest.fixture
 def image_data(tmp_path):
-    write_split(tmp_path, "train", 24, 1)
-    write_split(tmp_path, "dev", 8, 2)
-    return tmp_path
+    return write_splits(tmp_path, write_split, 24, 8)
 
 
 # -- readers ----------------------------------------------------------------------------------
@@ -378,20 +372,7 @@ def test_expert_architectures_mix_pooled_image_features(image_data, tiny_cnn, ar
 def test_sigkill_then_resume_is_exact_with_augmentation_on_the_prefetch_thread(image_data, tiny_cnn):
     """A CLI run killed (SIGKILL) after a checkpoint and resumed equals an uninterrupted one, to
     the bit: images decoded and augmented ahead on the prefetch thread, seeded by the draws."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import yaml
-
-    def start(args):
-        return subprocess.Popen([sys.executable, "-m", "polytask.cli", "train", *map(str, args), "--no-progress"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def trajectory(run):
-        events = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-        return [{k: v for k, v in e.items() if k != "elapsed"} for e in events if e["kind"] in ("train", "eval")]
 
     cfg = image_config(image_data, tiny_cnn, arch="mtan", max_steps=60, eval_every=20, checkpoint_every=10,
                        prefetch=3)
@@ -400,17 +381,5 @@ def test_sigkill_then_resume_is_exact_with_augmentation_on_the_prefetch_thread(i
     for name in ("ref", "killed"):
         paths[name] = image_data / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(dict(cfg, name=name)))
-    ref = start([paths["ref"]])
-    assert ref.wait(timeout=600) == 0, ref.stderr.read()
-    proc, run_dir = start([paths["killed"]]), image_data / "runs" / "killed"
-    end = time.time() + 300
-    while not (run_dir / "checkpoints" / "step-0000020").exists():
-        assert proc.poll() is None and time.time() < end, proc.stderr.read() if proc.poll() is not None else "timeout"
-        time.sleep(0.02)
-    assert proc.poll() is None  # killed mid-run
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = start(["--resume", run_dir])
-    out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert trajectory(run_dir) == trajectory(image_data / "runs" / "ref")
+    assert_sigkill_then_resume_is_exact(paths["ref"], paths["killed"], image_data / "runs", "step-0000020",
+                                        alive_at_kill=True)

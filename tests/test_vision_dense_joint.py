@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from polytask.config import from_dict
+from vision_helpers import assert_sigkill_then_resume_is_exact, save_image, vision_config, write_jsonl, write_splits
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -43,39 +44,29 @@ def write_split(root, split: str, n: int, seed: int) -> None:
     shapes, boxes = [], []
     for i in range(n):
         img, mask, objs = draw(rng, 1)
-        Image.fromarray(img).save(root / f"{split}{i}.png")
-        Image.fromarray(mask).save(root / f"{split}{i}_mask.png")
+        save_image(root, f"{split}{i}", img, mask)
         shapes.append({"path": f"{split}{i}.png", "mask": f"{split}{i}_mask.png", "colour": objs[0]["label"]})
         img, _, objs = draw(rng, int(rng.integers(0, 3)))
-        Image.fromarray(img).save(root / f"{split}_det{i}.png")
+        save_image(root, f"{split}_det{i}", img)
         boxes.append({"path": f"{split}_det{i}.png", "boxes": objs})
-    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shapes))
-    (root / f"{split}_det.jsonl").write_text("".join(json.dumps(r) + "\n" for r in boxes))
+    write_jsonl(root / f"{split}.jsonl", shapes)
+    write_jsonl(root / f"{split}_det.jsonl", boxes)
 
 
 @pytest.fixture
 def dense_data(tmp_path):
-    write_split(tmp_path, "train", 48, 1)
-    write_split(tmp_path, "dev", 12, 2)
-    return tmp_path
+    return write_splits(tmp_path, write_split, 48, 12)
 
 
 def config(root, backbone: str, arch: str = "hard", weighting: str = "equal", **train) -> dict:
     data = {"train": "train.jsonl", "dev": "dev.jsonl"}
-    return {
-        "name": "dense", "output_dir": str(root / "runs"), "data_dir": str(root), "seed": 3,
-        "model": {"kind": "vision", "backbone": backbone, "image": {"size": 32, "crop_scale": [0.7, 1.0]}},
-        "architecture": {"name": arch}, "weighting": {"name": weighting},
-        "train": {"max_steps": 100, "batch_size": 8, "eval_every": 100, "lr": 1e-2, "warmup_ratio": 0.0,
-                  "log_every": 10, "schedule": "constant", "mixed_precision": "no", **train},
-        "tasks": [
+    return vision_config("dense", root, backbone, {"size": 32, "crop_scale": [0.7, 1.0]}, [
             {"name": "colour", "type": "classification", "columns": {"image": "path", "label": "colour"}, "data": data},
             {"name": "shape", "type": "segmentation", "columns": {"image": "path"}, "head_channels": 16,
              "label_names": {"1": "square", "2": "background"}, "data": data},
             {"name": "boxes", "type": "detection", "columns": {"image": "path"}, "head_channels": 16,
              "data": {"train": "train_det.jsonl", "dev": "dev_det.jsonl"}},
-        ],
-    }
+    ], arch, weighting, max_steps=100, batch_size=8, eval_every=100, lr=1e-2, log_every=10, train=train, seed=3)
 
 
 @pytest.mark.parametrize("arch,weighting", [("hard", "imtl"), ("mtan", "upgrad")])
@@ -128,20 +119,7 @@ def test_every_weighting_method_trains_the_dense_mix(dense_data, tiny_cnn, metho
 def test_sigkill_then_resume_is_exact_with_dense_tasks(dense_data, tiny_cnn):
     """A CLI run of the three tasks (MTAN; crops, flips and jitter on 2 worker processes) killed
     after a checkpoint and resumed equals the uninterrupted run without workers, to the bit."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import yaml
-
-    def start(args):
-        return subprocess.Popen([sys.executable, "-m", "polytask.cli", "train", *map(str, args), "--no-progress"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def trajectory(run):
-        events = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-        return [{k: v for k, v in e.items() if k != "elapsed"} for e in events if e["kind"] in ("train", "eval")]
 
     cfg = config(dense_data, tiny_cnn, "mtan", "equal", max_steps=40, eval_every=20, checkpoint_every=10, prefetch=3)
     cfg["model"]["image"].update(flip=True, jitter=0.3, crop_scale=[0.5, 1.0])
@@ -149,19 +127,7 @@ def test_sigkill_then_resume_is_exact_with_dense_tasks(dense_data, tiny_cnn):
     for name, workers in (("ref", 0), ("killed", 2)):  # the killed run decodes on 2 worker processes
         paths[name] = dense_data / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(dict(cfg, name=name, train=dict(cfg["train"], workers=workers))))
-    ref = start([paths["ref"]])
-    assert ref.wait(timeout=600) == 0, ref.stderr.read()
-    proc, run_dir = start([paths["killed"]]), dense_data / "runs" / "killed"
-    end = time.time() + 300
-    while not (run_dir / "checkpoints" / "step-0000010").exists():
-        assert proc.poll() is None and time.time() < end, proc.stderr.read() if proc.poll() is not None else "timeout"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = start(["--resume", run_dir])
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert trajectory(run_dir) == trajectory(dense_data / "runs" / "ref")
+    assert_sigkill_then_resume_is_exact(paths["ref"], paths["killed"], dense_data / "runs", "step-0000010")
 
 
 def test_dense_batches_are_the_same_on_worker_processes(dense_data, tiny_cnn):

@@ -19,6 +19,7 @@ from polytask.dataset import encode_all, prepare
 from polytask.errors import DataError
 from polytask.preprocess import ImageProcessor
 from polytask.tasks.boxes import batched_nms, box_iou, coco_map, nms
+from vision_helpers import save_image, vision_config, write_jsonl, write_splits
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -45,9 +46,9 @@ def write_split(root, split: str, n: int, seed: int) -> None:
     rows = []
     for i in range(n):
         img, objs = squares(rng)
-        Image.fromarray(img).save(root / f"{split}{i}.png")
+        save_image(root, f"{split}{i}", img)
         rows.append({"path": f"{split}{i}.png", "boxes": objs, "count": str(len(objs))})
-    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(root / f"{split}.jsonl", rows)
 
 
 def det_task(**kw) -> dict:
@@ -56,21 +57,13 @@ def det_task(**kw) -> dict:
 
 
 def config(root, backbone: str, tasks: list[dict], arch: str = "hard", weighting: str = "equal", **train) -> dict:
-    return {
-        "name": "det", "output_dir": str(root / "runs"), "data_dir": str(root),
-        "model": {"kind": "vision", "backbone": backbone, "image": {"size": 32, "crop_scale": [0.7, 1.0]}},
-        "architecture": {"name": arch}, "weighting": {"name": weighting},
-        "train": {"max_steps": 100, "batch_size": 8, "eval_every": 100, "lr": 1e-2, "warmup_ratio": 0.0,
-                  "log_every": 20, "schedule": "constant", "mixed_precision": "no", **train},
-        "tasks": tasks,
-    }
+    return vision_config("det", root, backbone, {"size": 32, "crop_scale": [0.7, 1.0]}, tasks, arch, weighting,
+                         max_steps=100, batch_size=8, eval_every=100, lr=1e-2, log_every=20, train=train)
 
 
 @pytest.fixture
 def det_data(tmp_path):
-    write_split(tmp_path, "train", 48, 1)
-    write_split(tmp_path, "dev", 12, 2)
-    return tmp_path
+    return write_splits(tmp_path, write_split, 48, 12)
 
 
 VOC = """<annotation><filename>{name}</filename><size><width>32</width><height>32</height><depth>3</depth></size>

@@ -18,6 +18,7 @@ from polytask.config import from_dict
 from polytask.dataset import encode_all, prepare
 from polytask.errors import ConfigError, DataError
 from polytask.preprocess import ImageProcessor
+from vision_helpers import save_image, vision_config, write_jsonl, write_splits
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -42,10 +43,9 @@ def write_split(root, split: str, n: int, seed: int) -> None:
     rows = []
     for i in range(n):
         img, mask, s = square_image(rng)
-        Image.fromarray(img).save(root / f"{split}{i}.png")
-        Image.fromarray(mask).save(root / f"{split}{i}_mask.png")
+        save_image(root, f"{split}{i}", img, mask)
         rows.append({"path": f"{split}{i}.png", "trimap": f"{split}{i}_mask.png", "big": str(int(s >= 9))})
-    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(root / f"{split}.jsonl", rows)
 
 
 def seg_task(**kw) -> dict:
@@ -55,21 +55,13 @@ def seg_task(**kw) -> dict:
 
 
 def config(root, backbone: str, tasks: list[dict], arch: str = "hard", weighting: str = "equal", **train) -> dict:
-    return {
-        "name": "seg", "output_dir": str(root / "runs"), "data_dir": str(root),
-        "model": {"kind": "vision", "backbone": backbone, "image": {"size": 32}},
-        "architecture": {"name": arch}, "weighting": {"name": weighting},
-        "train": {"max_steps": 30, "batch_size": 8, "eval_every": 30, "lr": 1e-2, "warmup_ratio": 0.0,
-                  "log_every": 10, "schedule": "constant", "mixed_precision": "no", **train},
-        "tasks": tasks,
-    }
+    return vision_config("seg", root, backbone, {"size": 32}, tasks, arch, weighting,
+                         max_steps=30, batch_size=8, eval_every=30, lr=1e-2, log_every=10, train=train)
 
 
 @pytest.fixture
 def seg_data(tmp_path):
-    write_split(tmp_path, "train", 32, 1)
-    write_split(tmp_path, "dev", 8, 2)
-    return tmp_path
+    return write_splits(tmp_path, write_split, 32, 8)
 
 
 def test_masks_are_checked_with_file_and_line_grouped(seg_data, tiny_cnn):
