@@ -95,6 +95,15 @@ def tiny_config(backbone: str, out_dir: Path, **train) -> dict:
     }
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: SIGINT back to its default
+    disposition, as in a terminal. A test run started in the background (``nohup ... &``, some CI
+    runners) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start)."""
     with socket.socket() as s:

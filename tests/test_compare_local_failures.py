@@ -21,7 +21,7 @@ from polytask.compare import run_compare
 from polytask.config import from_dict
 from polytask.errors import PolytaskError
 
-from conftest import REPO, demo_tasks, tiny_config
+from conftest import REPO, ctrl_c_as_in_a_terminal, demo_tasks, tiny_config
 
 METHODS = [{"name": "mtl"}, {"name": "broken", "architecture": {"name": "hard", "args": {"bogus": 1}}}]
 FINISHED = ["single/sentiment/seed3", "mtl/mtl/seed3"]  # the sub-runs' folders that finish; mtl/broken/seed3 fails
@@ -39,7 +39,8 @@ def raw_config(backbone: str, out: Path, steps: int = 8, **compare) -> dict:
 def cli(path: Path, *args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "polytask.cli", "compare", str(path), *args], cwd=REPO, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=ctrl_c_as_in_a_terminal, **kw)
 
 
 @pytest.mark.parametrize("jobs, isolate", [(1, True), (1, False)])  # --jobs 2: the CLI test below
@@ -125,8 +126,12 @@ def test_ctrl_c_with_two_jobs_starts_no_queued_sub_run(tiny_backbone, tmp_path):
         if sum(": training on" in s for s in lines) == 2 and ": training on" in line:  # both in flight
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C reaches the main thread
 
-    with pytest.raises(KeyboardInterrupt):
-        run_compare(from_dict(raw), echo=echo)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see
+    try:                                                                  # conftest.ctrl_c_as_in_a_terminal)
+        with pytest.raises(KeyboardInterrupt):
+            run_compare(from_dict(raw), echo=echo)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sum(": training on" in s for s in lines) == 2 and not any(s.startswith("[3/3]") for s in lines), lines
     assert sorted(p.parent.relative_to(tmp_path / "cmp").as_posix()
                   for p in (tmp_path / "cmp").rglob("summary.json")) == sorted(FINISHED)  # in flight: they end

@@ -21,7 +21,7 @@ import yaml
 from polytask.compare import run_compare
 from polytask.config import from_dict
 
-from conftest import REPO, demo_tasks, tiny_config
+from conftest import REPO, ctrl_c_as_in_a_terminal, demo_tasks, tiny_config
 
 ray = pytest.importorskip("ray", reason="pip install 'polytask[ray]'")
 
@@ -50,7 +50,7 @@ def summaries(root: Path) -> dict[str, dict]:
 def cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "polytask.cli", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=ctrl_c_as_in_a_terminal, **kw)
 
 
 def job_processes(folder: Path) -> dict[int, int]:
