@@ -63,11 +63,10 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     return batches
 
 
-def eval_batches(lengths: list[int], batch_size: int, rows: list[int] | None = None,
-                 max_rows: int | None = None) -> list[list[int]]:
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Deterministic batches sorted by length (fast evaluation; order restored by index)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return cut(order, batch_size, rows, max_rows)
+    return cut(order, batch_size)
 
 
 @dataclass

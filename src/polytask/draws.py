@@ -46,8 +46,8 @@ class StepDraws:
         self.probes = {n: stream(n, seed + PROBE_SEED_OFFSET + i) for i, n in enumerate(self.tasks)}
         self.examples = {n: 0 for n in self.tasks}  # cumulative, over every micro-step drawn
         self.tokens = {n: 0 for n in self.tasks}
-        self.row_counts = {n: rows[n] for n in self.tasks if max_rows.get(n) is not None}
-        self.rows_peak = {n: 0 for n in self.row_counts}  # most rows in one drawn batch (capped tasks)
+        self.rows_peak = {n: 0 for n in self.tasks if self.streams[n].max_rows is not None}  # most rows in
+        # one drawn batch (capped tasks)
 
     @classmethod
     def from_config(cls, cfg: Config, lengths: dict[str, list[int]], all_tasks: bool,
@@ -69,8 +69,8 @@ class StepDraws:
         for n, idx in drawn.items():
             self.examples[n] += len(idx)
             self.tokens[n] += sum(self.lengths[n][i] for i in idx)
-            if n in self.row_counts:
-                self.rows_peak[n] = max(self.rows_peak[n], sum(self.row_counts[n][i] for i in idx))
+            if n in self.rows_peak:
+                self.rows_peak[n] = max(self.rows_peak[n], sum(self.streams[n].rows[i] for i in idx))
         return drawn
 
     def probe(self, task: str) -> list[int]:
