@@ -13,8 +13,8 @@ Native bf16 means the hardware multiplies bf16 matrices itself rather than emula
 Native is not always faster. On a CPU, only AMX (its tile units multiply bf16 matrices) made
 bf16 autocast faster than float32: 2.1x for the demo's training, 2.7x for MiniLM inference. A
 Xeon exposing AVX512_BF16 but not AMX ran the same MiniLM steps (batch 32, 48 tokens, torch
-2.13) at 0.69x (training) and 0.56x (inference) of float32 speed on one thread, 0.83x / 0.54x on
-two, and the standard suite's training at 0.62x (BENCHMARKS.md, "bf16 on a CPU without AMX").
+2.13; benchmarks/bf16_speed.py) at 0.67x (training) and 0.60x (inference) of float32 speed on one
+thread, 0.65x / 0.60x on two, and the standard suite's training at 0.62x (BENCHMARKS.md, "bf16 on a CPU without AMX").
 So ``auto`` takes bf16 where it is *fast* (:func:`fast_bf16`: a bf16 CUDA device, or a CPU with
 AMX), while an explicit ``bf16`` is accepted wherever it is native.
 
