@@ -69,6 +69,8 @@ def finish(cfg: dict, args: argparse.Namespace) -> dict:
     if args.backbone:
         cfg["model"]["backbone"] = args.backbone
     cfg["train"].update(max_steps=args.steps, batch_size=args.batch, eval_every=max(args.steps // 4, 1))
+    if args.threads:
+        cfg["train"]["num_threads"] = args.threads
     cfg["compare"] = {"seeds": list(range(cfg.get("seed", 13), cfg.get("seed", 13) + args.seeds)), "budget": "steps",
                       "methods": METHODS if args.set == "pets" else METHODS[:1],
                       "inference_examples": 8 if args.smoke else 64}
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--digits", type=int, default=5000, help="multidigit: training canvases")
     p.add_argument("--backbone", help="another backbone (e.g. a tiny random CNN folder, with --smoke)")
+    p.add_argument("--threads", type=int, default=None, help="train.num_threads of every sub-run (default: the config's)")
     p.add_argument("--smoke", action="store_true", help="4 steps, 64 px, 24 training / 8 eval examples per task")
     args = p.parse_args(argv)
     if args.smoke:
