@@ -55,7 +55,7 @@ def digits_config(args: argparse.Namespace, rows: Path) -> dict:
     build(Path(args.data_dir) / "mnist" / "mnist.npz", rows, n, max(n // 10, 8), max(n // 10, 8), seed=0)
     data = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
     return {"name": "multidigit", "data_dir": str(rows), "seed": 13,
-            "model": {"kind": "vision", "backbone": "efficientnet-lite0", "image": {"flip": False, "crop_scale": [0.8, 1.0]}},
+            "model": {"kind": "vision", "backbone": "efficientnet-lite0", "image": {"flip": False, "crop_scale": [0.8, 1.0], "convert": True}},
             "architecture": {"name": "hard"}, "weighting": {"name": "imtl"},
             "tasks": [{"name": "digits", "type": "detection", "columns": {"image": "image"}, "max_detections": 10, "data": data},
                       {"name": "count", "type": "classification", "columns": {"image": "image", "label": "count"}, "data": data}],
