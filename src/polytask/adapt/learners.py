@@ -22,28 +22,33 @@ from polytask.evaluate import predict_features
 
 @torch.no_grad()
 def encode_cached(arch, task, feats: list[dict], indices, pad_id: int, batch_size: int,
-                  desc: str = "encode", progress: bool = True) -> dict[int, Tensor]:
-    """``{i: (T_i, H) states}`` of examples ``indices`` from a shared-encoder architecture: a text
-    example's real token states (padding cut by the attention mask); an image's every position of
-    its last feature map (B, 1 + H * W, C), the global average first, all real."""
+                  desc: str = "encode", progress: bool = True) -> dict[int, list[Tensor]]:
+    """``{i: [(T_r, H) states of each row]}`` of examples ``indices`` from a shared-encoder
+    architecture. An example is ``task.batch_rows`` rows of the forward pass, in the order its
+    collation puts them (one, or an extractive QA question's windows). A text row's real token
+    states (padding cut by the attention mask); an image's every position of its last feature
+    map (B, 1 + H * W, C), the global average first, all real."""
     arch.eval()
     indices = sorted(set(indices))
-    out: dict[int, Tensor] = {}
+    out: dict[int, list[Tensor]] = {}
     order = eval_batches([feature_length(feats[i]) for i in indices], batch_size)
     for rows in tqdm(order, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         idx = [indices[r] for r in rows]
         batch = task.collate([feats[i] for i in idx], pad_id)
-        hidden = arch.encode(batch)  # (B, T, H)
-        real = arch.positions_mask(batch, hidden).sum(dim=1)  # (B,) positions before the padding
-        for j, i in enumerate(idx):
-            out[i] = hidden[j, :int(real[j])].clone()
+        hidden = arch.encode(batch)  # (W, T, H): W >= B rows
+        real = arch.positions_mask(batch, hidden).sum(dim=1)  # (W,) positions before the padding
+        row = 0
+        for i in idx:
+            n = task.batch_rows(feats[i])
+            out[i] = [hidden[r, :int(real[r])].clone() for r in range(row, row + n)]
+            row += n
     return out
 
 
 class CachedHead:
     """A new task head trained on cached encoder states (``--tune head``)."""
 
-    def __init__(self, task, head: nn.Module, feats: dict[str, list[dict]], cache: dict[str, dict[int, Tensor]],
+    def __init__(self, task, head: nn.Module, feats: dict[str, list[dict]], cache: dict[str, dict[int, list[Tensor]]],
                  pad_id: int):
         self.task, self.head, self.feats, self.cache, self.pad_id = task, head, feats, cache, pad_id
 
@@ -58,7 +63,7 @@ class CachedHead:
 
     def _forward(self, split: str, idx: list[int]) -> tuple[Tensor, dict]:
         batch = self.task.collate([self.feats[split][i] for i in idx], self.pad_id)
-        hidden = pad_sequence([self.cache[split][i] for i in idx], batch_first=True)  # (B, T, H)
+        hidden = pad_sequence([r for i in idx for r in self.cache[split][i]], batch_first=True)  # (W, T, H)
         return self.head(hidden, Architecture.positions_mask(batch, hidden)), batch
 
     def loss(self, idx: list[int]) -> Tensor:
