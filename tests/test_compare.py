@@ -225,6 +225,7 @@ def test_compare_writes_report(compared):
     assert results["inference"]["single"]["params_served"] > results["inference"]["ew"]["params_served"]
     report = (root / "report.md").read_text()
     assert "Delta-m" in report and "| sentiment |" in report and "![delta_m](delta_m.png)" in report
+    assert f"(max length {from_dict(raw).model.max_length})" in report and "| train tokens/s |" in report
     table = format_table(results)
     assert "sentiment" in table and "Delta-m" in table
     assert any("trained" in line for line in lines)

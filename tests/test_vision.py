@@ -274,6 +274,9 @@ def test_compare_on_image_tasks(image_data, tiny_cnn):
     root = run_compare(from_dict(raw), echo=lambda s: None)
     results = json.loads((root / "results.json").read_text())
     assert set(results["table"]) >= {"single"} and (root / "inference.json").exists()
+    report = (root / "report.md").read_text()  # what an input is, from the backbone kind; no tokens/s
+    assert "images of 16 px" in report and "max length" not in report
+    assert "| train samples/s | peak memory (MB) |" in report and "tokens" not in report
 
 
 def weighting_methods() -> list[str]:

@@ -17,6 +17,8 @@ class Kind(NamedTuple):
     saved_processor: Callable | None = None  # (run's tokenizer folder) -> its input processor, when not a tokenizer
     processor: Callable | None = None  # (ModelConfig) -> its input processor without the weights, when not a tokenizer
     encoder: bool = True  # one task-independent encoder pass whose states a new head reads (polytask adapt)
+    describe_input: Callable | None = None  # (ModelConfig) -> one input, for reports; default "max length N"
+    tokens: bool = True  # inputs are token sequences: a throughput in tokens/s means something
 
 
 def _encoder() -> Kind:
@@ -38,7 +40,8 @@ def _vision() -> Kind:
 
     from polytask.backbones.vision import processor_for
 
-    return Kind(None, vision_from_config, load_vision, ImageProcessor.from_pretrained, processor_for)
+    return Kind(None, vision_from_config, load_vision, ImageProcessor.from_pretrained, processor_for,
+                describe_input=lambda model_cfg: f"images of {processor_for(model_cfg).size} px", tokens=False)
 
 
 KINDS: dict[str, Callable[[], Kind]] = {"encoder": _encoder, "causal_lm": _causal_lm, "vision": _vision}
@@ -55,6 +58,17 @@ def load_backbone(model_cfg):
     if getattr(model_cfg, "gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
     return model, tokenizer
+
+
+def describe_input(model_cfg) -> str:
+    """What one input of ``model`` is, for reports: ``max length 128``, ``images of 224 px``."""
+    kind = KINDS[model_cfg.kind]()
+    return kind.describe_input(model_cfg) if kind.describe_input else f"max length {model_cfg.max_length}"
+
+
+def counts_tokens(model_cfg) -> bool:
+    """Whether ``model``'s inputs are token sequences (reports leave tokens/s out otherwise)."""
+    return KINDS[model_cfg.kind]().tokens
 
 
 def enable_gradient_checkpointing(model) -> None:

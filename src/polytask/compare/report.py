@@ -167,7 +167,8 @@ def _md_header(results: dict) -> list[str]:
             f"- machine load (1-min load average) at the start and end of the training runs: "
             f"{_load_range(results)}; when this report was written (1/5/15 min): {_load(env)}. Other work on "
             "the machine slows every timing below.",
-            f"- backbone: `{base['backbone']}` (max length {base['max_length']}); seeds: {results['seeds']}", ""]
+            f"- backbone: `{base['backbone']}` ({base.get('input') or 'max length %s' % base['max_length']}); "
+            f"seeds: {results['seeds']}", ""]
 
 
 def _md_verdict(results: dict) -> list[str]:
@@ -228,6 +229,7 @@ def _md_training_cost(results: dict) -> list[str]:
     eff, tasks = results.get("efficiency", {}), results["tasks"]
     L = ["## Training cost", "",
          f"Single-task: the sum over the {len(tasks)} models (peak memory: the largest). Mean over seeds.", ""]
+    tokens = results["base"].get("tokens", True)  # images: every input is one "token"; left out
     head = ["model", "trainable params", "steps", "training loop (s)", "wall time (s)", "train samples/s",
             "train tokens/s", "peak memory (MB)"]
     rows = []
@@ -237,6 +239,8 @@ def _md_training_cost(results: dict) -> list[str]:
             rows.append([f"single-task ({len(tasks)} models)" if c == SINGLE else c, _num(e["trainable_params"]),
                          _num(e["steps"]), _num(e["train_seconds"], 1), _num(e["wall_seconds"], 1),
                          _num(e["samples_per_s"], 1), _num(e["tokens_per_s"], 0), _num(e["peak_rss_mb"], 0)])
+    if not tokens:
+        head, rows = head[:6] + head[7:], [r[:6] + r[7:] for r in rows]
     L += _md_table(head, rows)
     if results.get("resumed"):
         L += ["Resumed after an interruption (so their wall time and peak memory, which cover only the last "
@@ -244,7 +248,8 @@ def _md_training_cost(results: dict) -> list[str]:
               f"interruption): {', '.join(results['resumed'])}.", ""]
     if eff:
         how = next(iter(eff.values()))["throughput_method"]
-        L += [f"Training throughput: examples (and real, unpadded tokens) trained on per second, measured on "
+        L += [f"Training throughput: examples{' (and real, unpadded tokens)' if tokens else ''} trained on per "
+              f"second, measured on "
               f"{how}; the counts are replayed exactly from each run's seeded sampler and batch streams. "
               "Training loop: the trainer's own clock (includes periodic dev evaluation); wall time: the "
               "whole sub-run (data loading, tokenization, model loading, final dev/test evaluation).", ""]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from polytask.backbones import counts_tokens, describe_input
 from polytask.compare.accounting import account
 from polytask.compare.chance import corrected_scores, gain, near_chance
 from polytask.compare.grid import choose
@@ -282,7 +283,8 @@ def _resumed(run: SubRun) -> bool:
 
 def _base_description(cfg: Config) -> dict[str, Any]:
     t = cfg.train
-    return {"backbone": cfg.model.backbone, "max_length": cfg.model.max_length, "max_steps": t.max_steps,
+    return {"backbone": cfg.model.backbone, "max_length": cfg.model.max_length, "input": describe_input(cfg.model),
+            "tokens": counts_tokens(cfg.model), "max_steps": t.max_steps,
             "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "head_lr": t.head_lr,
             "eval_every": t.eval_every, "early_stopping": t.early_stopping,
             "evaluations": n_evaluations(t.max_steps, t.eval_every),
