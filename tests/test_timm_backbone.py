@@ -131,3 +131,37 @@ def test_an_unknown_timm_model_or_folder_is_a_config_error():
         preprocessing("timm:no_such_net")
     with pytest.raises(ConfigError, match="cannot read timm's config of 'timm:local-dir:/nowhere'"):
         preprocessing("timm:local-dir:/nowhere")
+
+
+def test_a_timm_run_exports_onnx_and_an_encoder_folder_its_card_loads(tmp_path, monkeypatch):
+    """``--format hf``: the manifest names timm, and the model card's "Use" code, run as written in
+    the export folder, gives the run's feature maps; ONNX passes its parity check."""
+    import re
+
+    from polytask.export import export_hf, export_onnx
+    from polytask.predict import Predictor
+
+    backbone = save_tiny_timm(tmp_path / "timm_net")
+    write_splits(tmp_path, write_split, 8, 4)
+    tasks = [{"name": "left", "type": "classification", "columns": {"image": "path", "label": "left"},
+              "data": {"train": "train.jsonl", "dev": "dev.jsonl"}}]
+    cfg = vision_config("timm_export", tmp_path, backbone, {"size": 32, "flip": False}, tasks, "hard", "equal",
+                        max_steps=2, batch_size=4, eval_every=2, lr=3e-3, log_every=1, train={})
+    from polytask.train import train
+
+    run_dir = train(from_dict(cfg), progress=False)
+    export_onnx(run_dir, tmp_path / "onnx")  # raises when onnxruntime disagrees with the model
+    out = export_hf(run_dir, tmp_path / "hf")
+    manifest = json.loads((out / "polytask_export.json").read_text())
+    assert "timm test_resnet" in json.dumps(manifest) and "efficientnet" not in json.dumps(manifest)
+    card = (out / "README.md").read_text()
+    code = re.search(r"## Use\n\n```python\n(.*?)```", card, re.S).group(1)
+    assert "efficientnet" not in code
+    monkeypatch.chdir(out)
+    scope: dict = {}
+    exec(code, scope)  # the card's code as a user runs it, in the export folder
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    ours = Predictor.load(run_dir).model.arch.backbone.eval()
+    with torch.no_grad():
+        theirs = [m for m, s in zip(scope["encoder"].eval()(x), scope["encoder"].feature_info.reduction()) if s >= 4]
+        assert all(torch.equal(a, b) for a, b in zip(theirs, ours(x).maps)) and len(theirs) == 4

@@ -99,3 +99,17 @@ def reachable(name: str):
     if not Path(weights_path(name)).is_file():
         raise ConfigError(f"model.backbone: the weights of {name} are missing from its package")
     return None
+
+
+def export_format(config) -> str:
+    """How ``polytask export --format hf`` writes this family's encoder (its manifest's words)."""
+    return (f"{config.source} (efficientnet-lite-pytorch) state dict in model.safetensors, without the ImageNet "
+            f"classifier _fc; polytask config.json; polytask_image.json")
+
+
+def usage_code(config) -> list[str]:
+    """Python that loads the exported encoder folder (the model card's "Use")."""
+    return ["from efficientnet_lite_pytorch import EfficientNet", "from safetensors.torch import load_file", "",
+            f'encoder = EfficientNet.from_name("{config.source}", image_size=None)',
+            'encoder.load_state_dict(load_file("encoder/model.safetensors"), strict=False)  # no _fc: the heads are polytask\'s',
+            "# preprocessing: encoder/polytask_image.json (size, mean, std)"]

@@ -27,7 +27,8 @@ other ``create_model`` arguments are not exposed; preprocessing ignores ``crop_p
 checkpointing is not supported.
 
 A family module of :data:`polytask.backbones.vision.FAMILIES`: ``claims``, ``preprocessing``,
-``pretrained``, ``rebuild``, ``stages`` and ``reachable``.
+``pretrained``, ``rebuild``, ``stages`` and ``reachable``; ``export_format`` and ``usage_code`` for
+``polytask export --format hf``.
 """
 
 from __future__ import annotations
@@ -126,3 +127,22 @@ def reachable(name: str):
     """timm imports and the model's config can be read (nothing is built); no Hugging Face config: None."""
     model_config(name)
     return None
+
+
+def export_format(config) -> str:
+    """How ``polytask export --format hf`` writes this family's encoder (its manifest's words)."""
+    return (f"timm {config.hf_config['architecture']} feature extractor (create_model(..., features_only=True)) "
+            f"state dict in model.safetensors; polytask config.json (timm's model config under hf_config); "
+            f"polytask_image.json")
+
+
+def usage_code(config) -> list[str]:
+    """Python that loads the exported encoder folder (the model card's "Use")."""
+    spec = config.hf_config
+    args = "".join(f", {k}={v!r}" for k, v in spec["model_args"].items())
+    return ["import json", "import timm", "from safetensors.torch import load_file", "",
+            'spec = json.load(open("encoder/config.json"))["hf_config"]',
+            f'encoder = timm.create_model("{spec["architecture"]}", pretrained=False, features_only=True, '
+            f'pretrained_cfg=spec["pretrained_cfg"]{args})',
+            'encoder.load_state_dict(load_file("encoder/model.safetensors"))',
+            f"# polytask's pyramid: the maps of stride >= {MIN_STRIDE}; preprocessing: encoder/polytask_image.json"]

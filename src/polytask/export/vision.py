@@ -15,7 +15,8 @@
   ``AutoBackbone`` / ``AutoModel.from_pretrained`` and ``AutoImageProcessor``); EfficientNet-Lite,
   which has no standard folder format, as ``model.safetensors`` (the ``efficientnet-lite-pytorch``
   network's own parameter names, without the ImageNet classifier ``_fc``), polytask's
-  ``config.json`` and ``polytask_image.json`` (the preprocessing). The task heads are not written
+  ``config.json`` and ``polytask_image.json`` (the preprocessing); timm likewise (its feature
+  extractor's state dict; the family module's ``export_format`` and ``usage_code`` say how). The task heads are not written
   as standard task folders (no transformers image-classification class pools as polytask's
   heads do for every family): they are in the ONNX graph.
 """
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from polytask.backbones.vision import family
 
 IMAGE_TYPES = ("classification", "multilabel", "regression", "segmentation", "detection")
 CHECK_IMAGES = 3  # random images in the ONNX parity check (batch axis checked at another size by the tests)
@@ -95,8 +98,7 @@ def export_encoder(pred, out: Path) -> dict:
     save_file(state, str(out / "model.safetensors"))
     backbone.config.save_pretrained(out)
     processor.save_pretrained(out)
-    return {"encoder_format": f"{backbone.config.source} (efficientnet-lite-pytorch) state dict in model.safetensors, "
-                              f"without the ImageNet classifier _fc; polytask config.json; polytask_image.json"}
+    return {"encoder_format": family(backbone.config.family).export_format(backbone.config)}
 
 
 def image_processor(processor):
@@ -136,11 +138,8 @@ def usage(backbone) -> list[str]:
                                                                   else "AutoModel"),
                 "", f'encoder = {config.hf_class}.from_pretrained("encoder"{extra})',
                 'processor = AutoImageProcessor.from_pretrained("encoder")']
-    else:
-        code = ["from efficientnet_lite_pytorch import EfficientNet", "from safetensors.torch import load_file", "",
-                f'encoder = EfficientNet.from_name("{config.source}", image_size=None)',
-                'encoder.load_state_dict(load_file("encoder/model.safetensors"), strict=False)  # no _fc: the heads are polytask\'s',
-                "# preprocessing: encoder/polytask_image.json (size, mean, std)"]
+    else:  # a family whose encoder is a state dict: it says how to load it
+        code = family(config.family).usage_code(config)
     return ["## Use", "", "```python", *code, "```", "",
             "The task heads are in the ONNX export (`polytask export --format onnx`); see polytask's docs/export.md.", ""]
 
