@@ -2,7 +2,8 @@
 
 Layers, top to bottom (docs/architecture.md):
 
-    entry points   cli, compare/, export, train, predict, serve/, the package root
+    entry points   cli, compare/, export, train (+ train_folder, train_faults, train_state), predict, serve/,
+                   the package root
     model          model, evaluate, dataset, gradients, steps
     components     architectures/, weighting/, tasks/, sampling, draws
     foundation     backbones/, data/, config, run_folder, files, state_io, metrics, errors,
@@ -23,7 +24,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "polytask"
 
 LAYERS = {
-    3: ["polytask", "cli", "compare", "export", "train", "predict", "predict_images", "serve", "affinity", "adapt"],
+    3: ["polytask", "cli", "compare", "export", "train", "train_folder", "train_faults", "train_state", "predict",
+        "predict_images", "serve", "affinity", "adapt"],
     2: ["model", "evaluate", "dataset", "gradients", "steps"],
     1: ["architectures", "weighting", "tasks", "sampling", "draws"],
     0: ["backbones", "data", "config", "run_folder", "files", "state_io", "metrics", "errors", "registry", "devices",

@@ -8,6 +8,8 @@
              every checkpoint_every: checkpoint. The coming micro-steps' batches are
              collated meanwhile on a thread (``train.prefetch``, :mod:`polytask.prefetch`)
     finish:  best weights -> dev and test metrics -> summary.json, training.png
+    beside:  :mod:`polytask.train_folder` (the run folder, checkpoints), :mod:`polytask.train_faults`
+             (non-finite faults, signals), :mod:`polytask.train_state` (Session, LoopState)
 
 Nothing here names a weighting method, an architecture, a task type or a backbone kind: they
 plug in through ``Weighting.combine``, ``Architecture.forward``, ``Task.loss`` and
@@ -32,9 +34,8 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,15 +43,14 @@ from tqdm.auto import tqdm
 
 from polytask.backbones import check_max_length, load_backbone, pad_id
 from polytask.batching import feature_length
-from polytask.config import Config, differences, load_config, to_dict
-from polytask.dataset import TaskData, data_warnings, encode_all, prepare
-from polytask.devices import (any_process, average_gradients, make_accelerator, on_main, module_device,
-                              process_state, shard)
+from polytask.config import Config
+from polytask.dataset import data_warnings, encode_all, prepare
+from polytask.devices import any_process, average_gradients, make_accelerator, on_main, process_state, shard
 from polytask.draws import StepDraws, describe_rows, row_caps
-from polytask.errors import CheckpointError, ConfigError, PolytaskError
+from polytask.errors import ConfigError
 from polytask.evaluate import evaluate, macro_score
 from polytask.gradients import balance_params, cosines
-from polytask.model import MultiTaskModel, build_model
+from polytask.model import build_model
 from polytask.precision import autocast
 from polytask.prefetch import Lookahead, pins_memory, worker_pool
 from polytask.registry import allowing_code, registered_only
@@ -60,77 +60,16 @@ from polytask.report import plot_training
 from polytask.run_folder import RunFolder
 from polytask.steps import (compile_backbone, forward_backward, make_optimizer, make_scheduler, probe_due, probe_gram,
                             train_batch)
-from polytask.sharding import (clip_grad_norm, full_optimizer_state, is_shard, is_sharded, load_optimizer_state,
-                               maybe_shard, unsharded, weights_view)
+from polytask.sharding import clip_grad_norm, is_shard, is_sharded, maybe_shard, unsharded, weights_view
 from polytask.sampling import build_sampler
 from polytask.tracking import Trackers
-from polytask.weighting import Weighting, build_weighting
-
-
-class NonFiniteError(PolytaskError):
-    """A NaN or infinite loss/gradient that the run's policy does not skip."""
-
-
-class Interrupted(PolytaskError):
-    """SIGINT/SIGTERM during training; a checkpoint was written first."""
-
-
-@dataclass
-class LoopState:
-    """The loop's own counters: saved in every checkpoint."""
-
-    step: int = 0
-    best: float = -math.inf
-    best_step: int = 0
-    stale: int = 0
-    skipped_steps: list[int] = field(default_factory=list)
-    running: dict[str, float] = field(default_factory=dict)
-    elapsed: float = 0.0
-    data_wait: float = 0.0  # seconds of elapsed the loop waited for its batches (Lookahead.waited)
-
-    def update_loss(self, task: str, loss: float, beta: float = 0.9) -> None:
-        prev = self.running.get(task)
-        self.running[task] = loss if prev is None else beta * prev + (1 - beta) * loss
-
-
-@dataclass
-class Session:
-    """Everything a run trains with, built once by :func:`set_up`."""
-
-    cfg: Config
-    run: RunFolder
-    data: dict[str, TaskData]
-    tasks: dict
-    model: MultiTaskModel
-    weighting: Weighting
-    draws: StepDraws
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    grad_params: list | None
-    pad_id: int
-    accelerator: object  # accelerate.Accelerator: device, autocast, backward, gradient scaler
-    trackers: Trackers | None = None  # experiment trackers fed with the logged events
-    progress: bool = True  # progress bars (training and evaluation)
-    feed: Lookahead | None = None  # the loop's batches, made ahead (train.prefetch); None: made in the step
-    best_dev: tuple | None = None  # (step, dev metrics, dev predictions) of the best evaluation in this process
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
-
-    @property
-    def main(self) -> bool:
-        """The process that writes the run folder (the only one, without torchrun)."""
-        return self.accelerator.is_main_process
-
-    @property
-    def stateful(self) -> dict:
-        """What a checkpoint saves besides the model (each has state_dict/load_state_dict)."""
-        out = {"optimizer": self.optimizer, "scheduler": self.scheduler, "weighting": self.weighting,
-               "draws": self.draws}
-        if self.accelerator.scaler is not None:  # fp16: the loss scale is part of the trajectory
-            out["scaler"] = self.accelerator.scaler
-        return out
+# the names other modules and tests import from here (claim, handle_fault, NonFiniteError, ...) stay importable
+from polytask.train_faults import (Interrupted, NonFiniteError, handle_fault, interrupted,  # noqa: F401
+                                   nonfinite_examples)
+from polytask.train_folder import (RESUME_CHANGEABLE, check_resume_changes, claim, own_folder,  # noqa: F401
+                                   resolve_run, restore_checkpoint, save_checkpoint, save_run_files)
+from polytask.train_state import LoopState, Session
+from polytask.weighting import build_weighting
 
 
 @dataclass
@@ -221,83 +160,6 @@ def train(cfg: Config | str | Path | None = None, overrides: list[str] | None = 
         finally:
             s.trackers.close(run.read_summary() if s.main and run.is_finished() else None)
     return run.path
-
-
-@contextlib.contextmanager
-def own_folder(run: RunFolder, cfg: Config, resume, overwrite: bool, allow_changes: bool):
-    """Lock the run folder for this run; a new run claims it, a resumed one checks its best weights
-    and its changes. Yields what is left to write (a resume's accepted changes): nothing is written
-    for a resume before set-up has built every component (a refusal for code writes nothing)."""
-    with run.lock():
-        run.remove_stale_temp_files()
-        if resume is None:
-            claim(run, overwrite)
-            yield []
-        else:
-            run.verify_best()  # what the resumed run loads at its end: checked before it trains
-            yield check_resume_changes(cfg, run, allow_changes)
-
-
-def resolve_run(cfg, overrides: list[str] | None, resume) -> tuple[Config, RunFolder]:
-    """The config (a Config, a YAML path, or a resumed run's own) and its run folder."""
-    if resume is not None:
-        if cfg is not None:
-            raise ConfigError(f"give a config file or --resume {resume}, not both: a resumed run "
-                              f"continues its own config.yaml (overrides may extend it)")
-        run = RunFolder(resume)
-        run.check_format()
-        return run.read_config(overrides), run
-    if cfg is None:
-        raise ConfigError("give a config file, or --resume RUN_DIR")
-    if not isinstance(cfg, Config):
-        cfg = load_config(cfg, overrides)
-    return cfg, RunFolder(cfg.run_dir)
-
-
-def claim(run: RunFolder, overwrite: bool) -> None:
-    """A new run starts in a folder with no other run's files (or clears them: ``overwrite``)."""
-    if not run.holds_a_run():
-        return
-    if not overwrite:
-        raise PolytaskError(f"{run.path} holds another run; continue it with `polytask train --resume "
-                            f"{run.path}`, start it over with --overwrite, or choose another name (name=...)")
-    run.clear()
-
-
-# Settings a resumed run may change: they extend or observe training without changing what it
-# has done so far. Anything else (lr, batch size, seed, data, tasks...) would make the resumed
-# run a different experiment from its first part.
-RESUME_CHANGEABLE = frozenset({
-    "name", "output_dir", "data_dir", "train.max_steps", "train.eval_every", "train.early_stopping",
-    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_threads",
-    "train.cosine_every", "train.eval_batch_size", "train.device", "train.prefetch", "train.workers",
-})
-
-
-def check_resume_changes(cfg: Config, run: RunFolder, allow_changes: bool) -> list[Callable[[], None]]:
-    """Compare the config to continue with (config.yaml + overrides) with the one the latest
-    checkpoint was trained with; refuse the changes not allowed; returns the writes that save and
-    record the accepted ones (called later, once nothing else can refuse the resume)."""
-    manifest = run.latest_checkpoint_manifest()  # verified once here, not once per field
-    if manifest is None or manifest.get("config") is None:  # no checkpoint (load_checkpoint says so), or an old one
-        return []
-    changed = differences(manifest["config"], cfg)
-    refused = [k for k in changed if not any(k == c or k.startswith(c + ".") for c in RESUME_CHANGEABLE)]
-    if refused and not allow_changes:
-        raise ConfigError(f"resuming {run.path} with {', '.join(refused)} changed would change the run's "
-                          f"trajectory (the checkpoint was trained with other values); resume without these "
-                          f"changes, start a new run, or pass --allow-changes to accept them")
-    if not changed:
-        return []
-
-    def record() -> None:
-        run.write_config(cfg)
-        run.append_event({"kind": "resume_changes", "step": int(manifest["step"]), "changed": changed,
-                          "forced": refused})
-        print(f"resuming with changed settings: {', '.join(changed)} (saved in {RunFolder.CONFIG})")
-
-    return [record]
-
 
 def set_up(cfg: Config, run: RunFolder, resuming: bool) -> Session:
     """Data, model, weighting, draws and optimizer; nothing is trained yet."""
@@ -603,117 +465,6 @@ def log_event(s: Session, event: dict) -> None:
     s.run.append_event(event)
     if s.trackers is not None:
         s.trackers.log(event)
-
-
-def interrupted(s: Session, state: LoopState, signum: int) -> Interrupted:
-    name = signal.Signals(signum).name
-    if s.main:
-        s.run.append_event({"kind": "interrupted", "step": state.step, "signal": name})
-    return Interrupted(f"{name} at step {state.step}: checkpoint saved; "
-                       f"continue with: polytask train --resume {s.run.path}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Faults: a non-finite loss or gradient
-
-
-def handle_fault(s: Session, state: LoopState, fault, bar) -> None:
-    """Apply the non-finite policy: count and skip the batch, or stop with a report."""
-    cfg = s.cfg
-    kind, task, indices = fault
-    examples = s.data[task.split(",")[0]].examples["train"]
-    first = examples[indices[0]].source
-    culprits = nonfinite_examples(s, task, indices) if "," not in task else []
-    where = (f"non-finite for: {', '.join(culprits[:5])}" if culprits
-             else f"first: {first}; no single example is non-finite alone")
-    report = f"non-finite {kind} in task '{task}' at step {state.step} (batch of {len(indices)} examples, {where})"
-    if s.main:
-        s.run.append_event({"kind": "nonfinite", "step": state.step, "what": kind, "task": task,
-                            "first_example": first, "examples": culprits})
-    if cfg.train.on_nonfinite == "stop":
-        raise NonFiniteError(report + "; set train.on_nonfinite=skip to skip such batches")
-    state.skipped_steps = [s for s in state.skipped_steps if s > state.step - cfg.train.skip_window] + [state.step]
-    if s.main:
-        bar.write(f"skipped: {report}")
-    if len(state.skipped_steps) > cfg.train.max_skips:
-        raise NonFiniteError(f"{len(state.skipped_steps)} batches skipped within {cfg.train.skip_window} steps "
-                             f"(train.max_skips={cfg.train.max_skips}); last: {report}")
-
-
-@torch.no_grad()
-def nonfinite_examples(s: Session, task: str, indices: list[int]) -> list[str]:
-    """The examples of a faulty batch whose loss is non-finite on their own (eval mode, one at a
-    time: no dropout, no RNG drawn, nothing trained), as ``file:line``."""
-    was_training = s.model.training
-    s.model.eval()
-    try:
-        found = []
-        for i in sorted(indices):  # in file order
-            batch = train_batch(s.data[task], [i], s.pad_id, s.device)
-            out, _ = s.model(batch, task)
-            if not torch.isfinite(s.tasks[task].loss(out, batch)):
-                found.append(s.data[task].examples["train"][i].source)
-        return found
-    finally:
-        s.model.train(was_training)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run folder: files written at the start, checkpoints
-
-
-def save_run_files(cfg: Config, run: RunFolder, tasks, tokenizer, backbone) -> None:
-    run.write_marker()
-    run.write_config(cfg)
-    run.write_vocab({n: t.vocab_state() for n, t in tasks.items()})
-    run.save_tokenizer(tokenizer)
-    run.save_backbone_config(backbone)
-
-
-def save_checkpoint(s: Session, state: LoopState) -> None:
-    """Written by the main process; with several processes it holds each one's RNG states (every
-    other state is the same on all of them)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    rng = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-           "python": random.getstate()}
-    if s.device.type == "cuda":  # dropout on a GPU draws from the device's own generator
-        rng["cuda"] = torch.cuda.get_rng_state(s.device)
-    tree = {"components": {k: v.state_dict() for k, v in s.stateful.items()}, "loop": state.__dict__, "rng": rng}
-    if is_sharded(s.model):  # full weights and optimizer state, gathered on the main process
-        tree["components"]["optimizer"] = full_optimizer_state(s.model, s.weighting, s.optimizer.optimizer)
-    if s.accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        tree["processes"] = s.accelerator.num_processes
-        tree["rng_by_process"] = gather_object([rng])  # one per process, by rank
-    weights = weights_view(s.model, gather=True)
-    if s.main:
-        s.run.save_checkpoint(state.step, weights, tree, keep=s.cfg.train.keep_checkpoints, config=to_dict(s.cfg))
-
-
-def restore_checkpoint(run: RunFolder, model: torch.nn.Module, stateful: dict, rank: int = 0,
-                       processes: int = 1) -> LoopState:
-    """The state of the run's newest checkpoint; process ``rank`` of ``processes`` takes its own RNG."""
-    saved = run.load_checkpoint(weights_view(model))
-    if saved.get("processes", 1) != processes:
-        raise CheckpointError(f"{run.path}: the checkpoint was trained with {saved.get('processes', 1)} process(es), "
-                              f"this resume runs {processes}; resume with the same number (each step's global "
-                              f"batch and every process's random state depend on it)")
-    for key, obj in stateful.items():
-        if key == "optimizer" and is_sharded(model):
-            load_optimizer_state(model, stateful["weighting"], obj.optimizer, saved["components"][key])
-        else:
-            obj.load_state_dict(saved["components"][key])
-    rng = saved["rng_by_process"][rank] if processes > 1 else saved["rng"]
-    torch.set_rng_state(rng["torch"])
-    np_state = rng["numpy"]
-    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
-    py = rng["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    device = module_device(model)
-    if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
-    return LoopState(**saved["loop"])
 
 
 def format_eval(step: int, results: dict, score: float, tasks) -> str:
