@@ -1,8 +1,9 @@
 """Is bf16 autocast faster than float32 on this CPU? MiniLM training steps and inference, timed.
 
-``train.mixed_precision: auto`` and ``--precision auto`` take bf16 on CPUs with AMX only
-(polytask.precision.fast_bf16): on a CPU with AVX512_BF16 but no AMX, bf16 autocast ran slower
-than float32. This script is the measurement behind that rule, to rerun on any machine:
+``train.mixed_precision: auto`` and ``--precision auto`` take bf16 on CPUs with AMX, and on CPUs
+with AVX512_BF16 alone where polytask's short probe measures it faster (polytask.precision.fast_bf16):
+there it depends on the CPU (a Xeon ran MiniLM at 0.6x float32 in bf16, an AMD EPYC at 1.5-1.9x).
+This script is the whole-model measurement behind that rule, to rerun on any machine:
 
     python benchmarks/bf16_speed.py                      # 1 and 2 threads, batch 32 x 48 tokens
     python benchmarks/bf16_speed.py --threads 1 --batch 16 --length 128

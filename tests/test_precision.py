@@ -24,20 +24,40 @@ def fake_cpu(monkeypatch, tmp_path, extra: str) -> None:
     monkeypatch.setattr(precision, "CPUINFO", path)
 
 
-@pytest.mark.parametrize("extra, unit, auto, why", [
-    ("avx512f amx_tile amx_bf16 avx512_bf16", "AMX", "bf16", "CPU has AMX"),
-    ("avx512f avx512_bf16", "AVX512_BF16", "no", "AVX512_BF16 but no AMX, where bf16 autocast is slower"),
-    ("avx512f", None, "no", "neither AMX nor AVX512_BF16"), ("", None, "no", "neither AMX nor AVX512_BF16")])
-def test_auto_is_bf16_only_on_cpus_with_amx(monkeypatch, tmp_path, extra, unit, auto, why):
+@pytest.mark.parametrize("extra, unit, measured, auto, why", [
+    ("avx512f amx_tile amx_bf16 avx512_bf16", "AMX", None, "bf16", "CPU has AMX"),
+    ("avx512f avx512_bf16", "AVX512_BF16", 0.62, "no", "no AMX; bf16 autocast measured 0.62x float32 here"),
+    ("avx512f avx512_bf16", "AVX512_BF16", 1.87, "bf16", "no AMX; bf16 autocast measured 1.87x float32 here"),
+    ("avx512f", None, None, "no", "neither AMX nor AVX512_BF16"), ("", None, None, "no", "neither AMX nor AVX512_BF16")])
+def test_auto_is_bf16_on_amx_and_where_avx512_bf16_measured_faster(monkeypatch, tmp_path, extra, unit, measured,
+                                                                   auto, why):
+    """AVX512_BF16 without AMX was 0.6x float32 on a Xeon and 1.9x on an AMD EPYC: measured there."""
     fake_cpu(monkeypatch, tmp_path, extra)
+    probed = []
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: probed.append(1) or measured)
     assert precision.cpu_bf16_unit() == unit and native_bf16("cpu")[0] == (unit is not None)
     resolved, reason = resolve_mixed_precision("auto", "cpu")
     assert resolved == auto and why in reason
     assert make_accelerator("cpu", "auto").mixed_precision == resolved  # what training runs with
+    assert bool(probed) == (measured is not None)  # measured only where the flags cannot decide
+
+
+def test_the_bf16_probe_is_measured_once_per_machine_and_leaves_the_random_state_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("POLYTASK_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    speedup = precision.measured_bf16_speedup()  # the real probe on this machine's CPU
+    assert 0 < speedup < float("inf") and torch.equal(torch.get_rng_state(), state)
+    cached = json.loads(precision.probe_cache().read_text())
+    assert list(cached.values()) == [pytest.approx(speedup, abs=1e-3)]
+    assert f"{torch.get_num_threads()} threads" in next(iter(cached))
+    monkeypatch.setattr(precision, "bf16_probe", lambda: pytest.fail("measured again instead of read from the cache"))
+    assert precision.measured_bf16_speedup() == pytest.approx(speedup, abs=1e-3)
 
 
 def test_without_cpuinfo_torchs_own_checks_decide(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: 0.6)  # AVX512_BF16 alone, measured slower
     for amx, avx in [(True, False), (False, True), (False, False)]:
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx)
@@ -89,10 +109,14 @@ def test_inference_precision_auto_follows_the_run_and_the_hardware(monkeypatch, 
     assert resolve_inference("auto", "cpu", trained="auto") == "bf16"
     assert resolve_inference("auto", "cpu", trained="no") == "fp32"
     assert resolve_inference("bf16", "cpu") == "bf16" and resolve_inference("fp32", "cpu") == "fp32"
-    fake_cpu(monkeypatch, tmp_path, "avx512_bf16")  # native but slower than fp32: auto stays fp32
+    fake_cpu(monkeypatch, tmp_path, "avx512_bf16")
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: 0.6)  # native but slower: auto stays fp32
     assert resolve_inference("auto", "cpu", trained="bf16") == "fp32"
     assert resolve_inference("auto", "cpu", trained="auto") == "fp32"
     assert resolve_inference("bf16", "cpu") == "bf16"  # asked for: given
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: 1.9)  # native and measured faster
+    assert resolve_inference("auto", "cpu", trained="bf16") == "bf16"
+    assert resolve_inference("auto", "cpu", trained="no") == "fp32"
     fake_cpu(monkeypatch, tmp_path, "avx2")
     assert resolve_inference("auto", "cpu", trained="bf16") == "fp32"  # trained elsewhere: fp32 here
     with pytest.raises(PolytaskError, match=r"--precision bf16: CPU has neither AMX nor AVX512_BF16.*fp32 or int8"):

@@ -10,13 +10,15 @@ Native bf16 means the hardware multiplies bf16 matrices itself rather than emula
   other Arm CPUs) emulate bf16 and stay in float32.
 - MPS: float32 (not measured here).
 
-Native is not always faster. On a CPU, only AMX (its tile units multiply bf16 matrices) made
-bf16 autocast faster than float32: 2.1x for the demo's training, 2.7x for MiniLM inference. A
-Xeon exposing AVX512_BF16 but not AMX ran the same MiniLM steps (batch 32, 48 tokens, torch
-2.13; benchmarks/bf16_speed.py) at 0.67x (training) and 0.60x (inference) of float32 speed on one
-thread, 0.65x / 0.60x on two, and the standard suite's training at 0.62x (BENCHMARKS.md, "bf16 on a CPU without AMX").
-So ``auto`` takes bf16 where it is *fast* (:func:`fast_bf16`: a bf16 CUDA device, or a CPU with
-AMX), while an explicit ``bf16`` is accepted wherever it is native.
+Native is not always faster. With AMX (its tile units multiply bf16 matrices) bf16 autocast was
+faster than float32 everywhere it was tried: 2.1x for the demo's training, 2.7x for MiniLM
+inference. With AVX512_BF16 alone it depends on the CPU: a Xeon ran MiniLM's steps (batch 32, 48
+tokens, torch 2.13; benchmarks/bf16_speed.py) at 0.60-0.67x of float32 speed, an AMD EPYC at
+1.54-1.86x (BENCHMARKS.md, "bf16 on a CPU without AMX"). So ``auto`` takes bf16 where it is
+*fast* (:func:`fast_bf16`): a bf16 CUDA device, a CPU with AMX, or a CPU with AVX512_BF16 alone
+where :func:`measured_bf16_speedup` (a transformer MLP block's forward and backward, timed in both,
+about 0.4 s once per CPU model, torch version and thread count, then cached) finds bf16 at least
+:data:`MIN_SPEEDUP` times as fast; an explicit ``bf16`` is accepted wherever it is native.
 
 ``train.mixed_precision: auto`` (the default) resolves to ``bf16`` where the training device
 computes it fast and to ``no`` (float32) elsewhere; ``no``, ``bf16`` and ``fp16`` are taken as
@@ -32,6 +34,10 @@ has the measured share of identical labels).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import time
 import warnings
 from pathlib import Path
 
@@ -43,6 +49,7 @@ MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 CPU_BF16_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512_BF16"}  # /proc/cpuinfo flag -> unit name
 CPUINFO = Path("/proc/cpuinfo")
+MIN_SPEEDUP = 1.2  # the probe's matrix products gain more than a whole model (whose softmax and norms stay fp32)
 
 
 def cpu_flags() -> set[str] | None:
@@ -84,11 +91,78 @@ def native_bf16(device_type: str) -> tuple[bool, str]:
 
 def fast_bf16(device_type: str) -> tuple[bool, str]:
     """Whether bf16 autocast runs faster than float32 on ``device_type``, and why (printed): a
-    bf16 CUDA device, or a CPU with AMX; not a CPU with AVX512_BF16 alone (measured slower)."""
+    bf16 CUDA device, a CPU with AMX, or a CPU with AVX512_BF16 alone where it measured faster."""
     ok, why = native_bf16(device_type)
     if device_type == "cpu" and ok and cpu_bf16_unit() != "AMX":
-        return False, "CPU has AVX512_BF16 but no AMX, where bf16 autocast is slower than float32"
+        speedup = measured_bf16_speedup()
+        fast = speedup >= MIN_SPEEDUP
+        return fast, (f"CPU has AVX512_BF16 but no AMX; bf16 autocast measured {speedup:.2f}x float32 here "
+                      f"({'at least' if fast else 'under'} {MIN_SPEEDUP}x: {'bf16' if fast else 'float32'})")
     return ok, why
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` ('' where there is none)."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def probe_cache() -> Path:
+    return Path(os.environ.get("POLYTASK_CACHE", Path.home() / ".cache" / "polytask")) / "bf16_speed.json"
+
+
+def measured_bf16_speedup() -> float:
+    """float32 time / bf16 autocast time of :func:`bf16_probe` on this CPU at the current thread
+    count, cached in :func:`probe_cache` per CPU model, flags, torch version and thread count (so a
+    machine decides once, and a resumed run decides as its first part did)."""
+    flags = hashlib.sha1(" ".join(sorted(cpu_flags() or ())).encode()).hexdigest()[:8]
+    key = f"{cpu_model()}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    path = probe_cache()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = round(bf16_probe(), 3)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, path)
+        except OSError:  # a read-only home: measured again next time
+            pass
+    return float(cache[key])
+
+
+def bf16_probe(rows: int = 256, width: int = 384, repeats: int = 8) -> float:
+    """fp32 time / bf16 time of an MLP block (``width`` -> 4 x ``width`` -> ``width``, GELU) on
+    ``rows`` tokens, forward and backward, alternating, the fastest of ``repeats`` each. Draws
+    from its own generator: the global random state is untouched."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, width, generator=gen)  # (T, H)
+    w1 = (torch.randn(4 * width, width, generator=gen) * 0.05).requires_grad_()
+    w2 = (torch.randn(width, 4 * width, generator=gen) * 0.05).requires_grad_()
+
+    def once(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(x, w1)), w2)
+        y.float().square().mean().backward()
+        w1.grad = w2.grad = None
+        return time.perf_counter() - start
+
+    for bf16 in (False, True, False, True):  # warm-up: oneDNN builds its kernels on first use
+        once(bf16)
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(repeats):
+        for bf16 in (False, True):
+            best[bf16] = min(best[bf16], once(bf16))
+    return best[False] / best[True]
 
 
 def resolve_mixed_precision(setting: str, device_type: str) -> tuple[str, str]:
