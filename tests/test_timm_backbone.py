@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,7 +22,7 @@ from polytask.backbones.timm_vision import model_config, preprocessing, timm_nam
 from polytask.backbones.vision import family_of, vision_from_config  # noqa: E402
 from polytask.config import from_dict  # noqa: E402
 from polytask.errors import ConfigError  # noqa: E402
-from vision_helpers import save_image, vision_config, write_jsonl, write_splits  # noqa: E402
+from vision_helpers import vision_config, write_halves_split as write_split, write_splits  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -36,24 +35,6 @@ def save_tiny_timm(folder) -> str:
     torch.manual_seed(0)
     timm.models.save_for_hf(timm.create_model("test_resnet"), folder)
     return f"timm:local-dir:{folder}"
-
-
-def halves(a: int, b: int, size: int = 20) -> np.ndarray:
-    """Left half red when a, right half green when b: two learnable tasks."""
-    img = np.full((size, size, 3), 30, np.uint8)  # (H, W, 3)
-    img[:, : size // 2, 0] = 255 if a else 30
-    img[:, size // 2:, 1] = 255 if b else 30
-    return img
-
-
-def write_split(root, split: str, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        a, b = int(rng.integers(2)), int(rng.integers(2))
-        save_image(root, f"{split}{i}", halves(a, b))
-        rows.append({"path": f"{split}{i}.png", "left": str(a), "right": str(b)})
-    write_jsonl(root / f"{split}.jsonl", rows)
 
 
 def test_two_task_run_on_a_timm_backbone_saves_loads_predicts_and_rebuilds_offline(tmp_path):

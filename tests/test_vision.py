@@ -19,28 +19,11 @@ from polytask.dataset import prepare
 from polytask.errors import ConfigError, DataError
 from polytask.preprocess import ImageInput, ImageProcessor
 from polytask.tasks.base import Example
-from vision_helpers import assert_sigkill_then_resume_is_exact, save_image, vision_config, write_jsonl, write_splits
+from vision_helpers import (assert_sigkill_then_resume_is_exact, halves, save_image, vision_config, write_jsonl,
+                            write_halves_split as write_split, write_splits)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-
-
-def halves(a: int, b: int, size: int = 20) -> np.ndarray:
-    """An image whose left half is red when a, right half green when b (two learnable tasks)."""
-    img = np.full((size, size, 3), 30, np.uint8)  # (H, W, 3)
-    img[:, : size // 2, 0] = 255 if a else 30
-    img[:, size // 2:, 1] = 255 if b else 30
-    return img
-
-
-def write_split(root, split: str, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        a, b = int(rng.integers(2)), int(rng.integers(2))
-        save_image(root, f"{split}{i}", halves(a, b))
-        rows.append({"path": f"{split}{i}.png", "left": str(a), "right": str(b)})
-    write_jsonl(root / f"{split}.jsonl", rows)
 
 
 def image_config(root, backbone: str, arch: str = "hard", weighting: str = "equal", **train) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 
 def save_random_resnet(path: Path) -> str:
     """A random two-stage ResNet (8 and 16 channels, seed 0) saved as a Hugging Face folder at
@@ -122,3 +124,22 @@ def assert_sigkill_then_resume_is_exact(ref_yaml: Path, killed_yaml: Path, runs:
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert trajectory(run_dir) == trajectory(runs / "ref")
+
+
+def halves(a: int, b: int, size: int = 20) -> np.ndarray:
+    """An image whose left half is red when a, right half green when b (two learnable tasks)."""
+    img = np.full((size, size, 3), 30, np.uint8)  # (H, W, 3)
+    img[:, : size // 2, 0] = 255 if a else 30
+    img[:, size // 2:, 1] = 255 if b else 30
+    return img
+
+
+def write_halves_split(root, split: str, n: int, seed: int) -> None:
+    """``n`` :func:`halves` images of ``split`` and their rows (tasks ``left`` and ``right``)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a, b = int(rng.integers(2)), int(rng.integers(2))
+        save_image(root, f"{split}{i}", halves(a, b))
+        rows.append({"path": f"{split}{i}.png", "left": str(a), "right": str(b)})
+    write_jsonl(root / f"{split}.jsonl", rows)
