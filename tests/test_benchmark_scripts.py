@@ -137,3 +137,34 @@ def test_bf16_speed_benchmark_runs_and_names_what_auto_takes(tiny_backbone):
         f, b = int(fp32), int(bf16)      # 1 ms: relative error up to 0.5/f + 0.5/b, plus 0.005 of printing)
         if f > 0 and b > 0:
             assert float(speedup) == pytest.approx(f / b, abs=f / b * (0.5 / f + 0.5 / b) + 0.005)
+
+
+def test_bf16_parity_benchmark_trains_both_precisions_per_seed_and_compares_them(tiny_backbone, tmp_path):
+    """benchmarks/bf16_parity.py on the tiny BERT, 2 seeds of 2 steps: a run per seed and precision
+    (each with its own config), and the table's numbers are those runs' dev metrics."""
+    import yaml
+
+    from conftest import tiny_config
+    from polytask.precision import native_bf16
+
+    if not native_bf16("cpu")[0]:
+        pytest.skip("bf16 training needs a CPU with AMX or AVX512_BF16")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_backbone, tmp_path / "unused")))
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bf16_parity.py"), "--config", str(config),
+                           "--out", str(out), "--seeds", "2", "--steps", "2", "--threads", "1",
+                           "--json", str(tmp_path / "parity.json")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    numbers = json.loads((tmp_path / "parity.json").read_text())
+    for precision, name in (("no", "fp32"), ("bf16", "bf16")):
+        for i, seed in enumerate((13, 14)):
+            run = yaml.safe_load((out / f"{name}_seed{seed}" / "config.yaml").read_text())
+            assert run["seed"] == seed and run["train"]["mixed_precision"] == precision
+            dev = json.loads((out / f"{name}_seed{seed}" / "summary.json").read_text())["dev"]
+            assert numbers["runs"][precision][i]["dev"]["sentiment"] == dev["sentiment"]["accuracy"]
+    row = next(r for r in numbers["rows"] if r["task"] == "sentiment")
+    fp32 = [r["dev"]["sentiment"] for r in numbers["runs"]["no"]]
+    assert row["fp32_mean"] == pytest.approx(sum(fp32) / 2)
+    assert row["within_spread"] == (abs(row["difference"]) <= max(row["fp32_std"], 0.005))
+    assert "within fp32's spread" in proc.stdout
