@@ -63,6 +63,12 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def cache_root() -> Path:
+    """polytask's own cache folder: ``$POLYTASK_CACHE``, default ``~/.cache/polytask`` (the
+    dequantized GGUF copies, the bf16 speed probe's results)."""
+    return Path(os.environ.get("POLYTASK_CACHE", Path.home() / ".cache" / "polytask"))
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 
 from polytask.errors import PolytaskError
+from polytask.files import cache_root, write_json
 
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -113,7 +113,7 @@ def cpu_model() -> str:
 
 
 def probe_cache() -> Path:
-    return Path(os.environ.get("POLYTASK_CACHE", Path.home() / ".cache" / "polytask")) / "bf16_speed.json"
+    return cache_root() / "bf16_speed.json"
 
 
 def measured_bf16_speedup() -> float:
@@ -130,10 +130,7 @@ def measured_bf16_speedup() -> float:
     if key not in cache:
         cache[key] = round(bf16_probe(), 3)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, path)
+            write_json(path, cache)
         except OSError:  # a read-only home: measured again next time
             pass
     return float(cache[key])

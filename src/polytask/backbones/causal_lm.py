@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polytask.errors import ConfigError
+from polytask.files import cache_root
 from polytask.registry import refuse_remote_code, trust_remote_code
 
 # alias -> (module of the pip package, GGUF file inside it, pip package name)
@@ -73,10 +74,6 @@ def resolve_source(name: str) -> Source:
     if looks_local and not Path(name).expanduser().exists():
         raise ConfigError(f"model.backbone: path not found: {name}")
     return Source(name)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("POLYTASK_CACHE", Path.home() / ".cache" / "polytask"))
 
 
 def cache_dir(source: Source, dtype: str) -> Path | None:
