@@ -47,24 +47,19 @@ def train_model(args) -> Path:
 
 
 def inputs(data_dir: Path, n: int) -> tuple[list[dict], list[str], list[list[str]]]:
-    """``n`` dev questions (with their contexts), SST-2 dev sentences and CoNLL dev sentences."""
-    squad = json.loads((data_dir / "squad" / "dev.json").read_text())["data"]
-    questions = [{"question": qa["question"], "context": p["context"]}
-                 for article in squad for p in article["paragraphs"] for qa in p["qas"]][:n]
-    sst2 = [json.loads(line)["text"] for line in (data_dir / "sst2" / "dev.jsonl").read_text().splitlines()[:n]]
-    words, conll = [], []
-    for line in (data_dir / "conll2003" / "dev.conll").read_text().splitlines():
-        if not line.strip() or line.startswith("-DOCSTART-"):
-            if words:
-                conll.append(words)
-                words = []
-        else:
-            words.append(line.split()[0])
-        if len(conll) == n:
-            break
-    if min(len(questions), len(sst2), len(conll)) < n:
+    """``n`` dev questions (with their contexts), SST-2 dev sentences and CoNLL dev sentences, read
+    by polytask's own readers."""
+    from polytask.data.conll import read_conll
+    from polytask.data.jsonl import read_jsonl
+    from polytask.data.squad import read_squad
+
+    squad = read_squad(data_dir / "squad" / "dev.json", max_examples=n)[0]
+    sst2 = read_jsonl(data_dir / "sst2" / "dev.jsonl", max_examples=n)[0]
+    conll = read_conll(data_dir / "conll2003" / "dev.conll", max_examples=n)[0]
+    if min(len(squad), len(sst2), len(conll)) < n:
         raise SystemExit(f"fewer than {n} dev inputs in {data_dir}")
-    return questions, sst2, conll
+    return ([{"question": r.fields["question"], "context": r.fields["context"]} for r in squad],
+            [r.fields["text"] for r in sst2], [r.fields["tokens"] for r in conll])
 
 
 def timed(fn) -> float:
