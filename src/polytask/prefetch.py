@@ -91,7 +91,7 @@ class Prefetcher:
         # The step's torch ops run on the main thread's pool of ``torch.get_num_threads()``
         # threads. Torch ops called here (stacking, normalising a batch) would otherwise start a
         # second OpenMP team of that size, whose threads spin-wait on the same cores after
-        # every op: at 224 px on 2 cores that made each training step 1.3x slower
+        # every op: at 224 px on 2 cores that made each training step about 1.5x slower
         # (benchmarks/vision_throughput.py). The setting is this thread's own (an OpenMP ICV).
         torch.set_num_threads(1)
         try:

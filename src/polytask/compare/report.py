@@ -240,7 +240,8 @@ def _md_training_cost(results: dict) -> list[str]:
                          _num(e["steps"]), _num(e["train_seconds"], 1), _num(e["wall_seconds"], 1),
                          _num(e["samples_per_s"], 1), _num(e["tokens_per_s"], 0), _num(e["peak_rss_mb"], 0)])
     if not tokens:
-        head, rows = head[:6] + head[7:], [r[:6] + r[7:] for r in rows]
+        drop = head.index("train tokens/s")
+        head, rows = [h for k, h in enumerate(head) if k != drop], [[v for k, v in enumerate(r) if k != drop] for r in rows]
     L += _md_table(head, rows)
     if results.get("resumed"):
         L += ["Resumed after an interruption (so their wall time and peak memory, which cover only the last "
